@@ -1,0 +1,33 @@
+# Two commands do all set-up on a fresh CPU-only machine (no internet but the package registries):
+#   make demo   creates .venv, trains the default card (mnist_ep_fc1) for one epoch, prints the test error
+#   make test   creates .venv, runs the tests
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# torch and torchvision builds that this machine kind serves from local disk (see docs/setup.md)
+ifeq ($(shell uname -m),aarch64)
+TORCH  := torch==2.9.1 torchvision==0.24.1
+else
+TORCH  := torch==2.14.1 torchvision==0.29.1
+endif
+
+.PHONY: demo test venv clean-venv
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m neurohw train models/mnist_ep_fc1.toml train.epochs=1 --out runs/demo --overwrite
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,5 @@
+import sys
+
+from neurohw.cli import main
+
+sys.exit(main())

@@ -1,0 +1,157 @@
+"""`neurohw bench`: the closed-form EP engine against autograd-of-Φ EP, in one run.
+
+Workload: N MNIST training samples of the mnist_ep_fc1 card (784-512-10, sigmoid4, batch 20,
+T_free 30, T_nudge 10, β 0.1, one-sided, SGD with learning rates 0.08 / 0.04) trained from the same
+initial weights by both engines; then the validation error of each on the first 1,000 validation
+images (the two must agree: they compute the same EP).
+
+Work per batch of B samples for layer sizes n_0 … n_N (multiply-adds count 2 FLOPs):
+  input drive D_0(x) once:                  2·B·n_0·n_1
+  every step, for each layer i ≥ 1:         2·B·n_i·n_{i+1} forward + the same for the feedback
+  ∂Φ/∂θ contrast of the two phase ends:    2·B·n_0·n_1 (shared input x: one product of the
+                                            state difference) + 2 × Σ_{i≥1} 2·B·n_i·n_{i+1}
+The autograd engine recomputes D_0(x) at every step and adds autograd's backward pass. The
+engine's GFLOP/s is the closed-form FLOP count over its measured time; `matmul_gflops` is what plain
+`torch.mm` reaches on exactly the same list of matrix products, the floor for this engine. Each
+engine trains `repeats` times from the same initial weights, the runs of the two engines interleaved;
+the fastest run of each is reported (the usual defence against a noisy shared machine).
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+
+import torch
+
+from neurohw.config import DataConfig, LearnerConfig, NetConfig
+from neurohw.data import DATASETS, Preprocess, load_splits, one_hot
+from neurohw.learning.ep import EP
+from neurohw.nets.build import build_net
+
+SIZES = (784, 512, 10)
+BATCH, T_FREE, T_NUDGE, BETA, LRS = 20, 30, 10, 0.1, (0.08, 0.04)
+EVAL_SAMPLES = 1000
+
+
+def flops_per_batch(sizes: tuple[int, ...], batch: int, T_free: int, T_nudge: int) -> int:
+    """Closed-form EP FLOPs for one batch (one-sided: one nudged phase), see the module doc."""
+    pairs = [sizes[i] * sizes[i + 1] for i in range(len(sizes) - 1)]
+    drive = 2 * batch * pairs[0]
+    per_step = sum(2 * 2 * batch * p for p in pairs[1:])
+    param_grads = 2 * batch * pairs[0] + 2 * sum(2 * batch * p for p in pairs[1:])
+    return drive + (T_free + T_nudge) * per_step + param_grads
+
+
+def matmul_shapes(sizes: tuple[int, ...], batch: int, T_free: int, T_nudge: int) -> list[tuple[int, int, int]]:
+    """The (m, k, n) matrix products of one batch of closed-form EP."""
+    shapes = [(batch, sizes[0], sizes[1])]
+    for _ in range(T_free + T_nudge):
+        for i in range(1, len(sizes) - 1):
+            shapes += [(batch, sizes[i], sizes[i + 1]), (batch, sizes[i + 1], sizes[i])]
+    shapes.append((sizes[1], batch, sizes[0]))
+    for _ in range(2):
+        shapes += [(sizes[i + 1], batch, sizes[i]) for i in range(1, len(sizes) - 1)]
+    return shapes
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time_matmuls(shapes, n_batches: int, device, dtype) -> float:
+    mats = {s: (torch.rand(s[0], s[1], device=device, dtype=dtype), torch.rand(s[1], s[2], device=device, dtype=dtype)) for s in set(shapes)}
+    for s in shapes:  # warm-up
+        torch.mm(*mats[s])
+    _sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n_batches):
+        for s in shapes:
+            torch.mm(*mats[s])
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def _train_once(engine, net_cfg, learner_cfg, info, images, labels, n_batches, dev, dtype):
+    """Seconds to train `n_batches` batches with one engine from the seed-0 initial weights."""
+    net = build_net(net_cfg, info.input_shape, info.n_classes, generator=torch.Generator().manual_seed(0)).to(dev, dtype)
+    pre = Preprocess(info, net.input_shape, dev, dtype)
+    learner = EP(learner_cfg.beta, learner_cfg.T_free, learner_cfg.T_nudge, engine=engine)
+    opt = torch.optim.SGD([{"params": list(l.parameters()), "lr": lr} for l, lr in zip(net.layers, LRS)], lr=LRS[0])
+    batches = [
+        (pre(images[i : i + BATCH]), one_hot(labels[i : i + BATCH], info.n_classes, dtype))
+        for i in range(0, n_batches * BATCH, BATCH)
+    ]
+    _sync(dev)
+    t0 = time.perf_counter()
+    for x, y in batches:
+        learner.step(net, x, y, opt.step)
+    _sync(dev)
+    return time.perf_counter() - t0, (net, learner, pre)
+
+
+def run_bench(samples: int = 2000, device: str = "cpu", data_dir=None, threads: int = 0, repeats: int = 3) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
+    dev = torch.device(device)
+    dtype = torch.float32
+    splits = load_splits(DataConfig(), data_dir)
+    info = DATASETS["mnist"]
+    n_batches = max(1, samples // BATCH)
+    order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(0))[: n_batches * BATCH]
+    images, labels = splits.train.images[order].to(dev), splits.train.labels[order].to(dev)
+    net_cfg = NetConfig(architecture="fc", hidden=SIZES[1:-1], activation="sigmoid4", cost="mse")
+    learner_cfg = LearnerConfig(beta=BETA, T_free=T_FREE, T_nudge=T_NUDGE)
+    results: dict[str, float] = {}
+    nets = {}
+    for _ in range(max(1, repeats)):
+        for engine in ("closed_form", "autograd"):
+            seconds, nets[engine] = _train_once(engine, net_cfg, learner_cfg, info, images, labels, n_batches, dev, dtype)
+            results[engine] = min(results.get(engine, float("inf")), seconds)
+    val_x, val_y = splits.val.images[:EVAL_SAMPLES].to(dev), splits.val.labels[:EVAL_SAMPLES].to(dev)
+    errors = {}
+    for engine, (net, learner, pre) in nets.items():  # the last run of each engine
+        errors[engine] = float((learner.predict(net, pre(val_x)).argmax(1) != val_y).float().mean())
+    max_weight_diff = max(
+        float((a - b).detach().abs().max()) for a, b in zip(nets["closed_form"][0].param_list(), nets["autograd"][0].param_list())
+    )
+    flops = flops_per_batch(SIZES, BATCH, T_FREE, T_NUDGE) * n_batches
+    matmul_s = _time_matmuls(matmul_shapes(SIZES, BATCH, T_FREE, T_NUDGE), n_batches, dev, dtype)
+    n = n_batches * BATCH
+    return {
+        "samples": n,
+        "engine_samples_per_s": n / results["closed_form"],
+        "autograd_samples_per_s": n / results["autograd"],
+        "ratio": results["autograd"] / results["closed_form"],
+        "engine_gflops": flops / results["closed_form"] / 1e9,
+        "matmul_gflops": flops / matmul_s / 1e9,
+        "flops_per_sample": flops / n,
+        "engine_val_error": errors["closed_form"],
+        "autograd_val_error": errors["autograd"],
+        "max_weight_difference": max_weight_diff,
+        "repeats": repeats,
+        "device": str(dev),
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpu_count": __import__("os").cpu_count(),
+        "torch": torch.__version__,
+        "date_utc": time.strftime("%Y-%m-%d", time.gmtime()),
+    }
+
+
+def format_bench(r: dict) -> str:
+    return "\n".join(
+        [
+            f"neurohw bench: mnist_ep_fc1 EP (784-512-10, batch {BATCH}, T {T_FREE}/{T_NUDGE}), {r['samples']} samples, "
+            f"{r['device']}, {r['threads']} threads, torch {r['torch']}",
+            f"  closed-form engine : {r['engine_samples_per_s']:9.0f} samples/s  {r['engine_gflops']:7.2f} GFLOP/s"
+            f"  val error {100 * r['engine_val_error']:.2f} %",
+            f"  autograd of Φ      : {r['autograd_samples_per_s']:9.0f} samples/s"
+            f"                    val error {100 * r['autograd_val_error']:.2f} %",
+            f"  ratio              : {r['ratio']:9.1f} ×",
+            f"  plain torch.mm on the engine's matrix products: {r['matmul_gflops']:.2f} GFLOP/s "
+            f"({r['flops_per_sample'] / 1e6:.2f} MFLOP per sample)",
+            f"  largest weight difference between the engines after training: {r['max_weight_difference']:.2e}",
+        ]
+    )

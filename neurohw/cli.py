@@ -1,0 +1,127 @@
+"""Command line: `neurohw train | gdu | bench | keys` (also `python -m neurohw`, and under torchrun).
+
+Errors that neurohw raises on bad input are printed as one line `neurohw: error: …` with exit
+status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from neurohw.errors import NeurohwError
+
+
+def _split_card_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
+    card = None
+    overrides = []
+    for item in items:
+        if "=" in item or card is not None:
+            overrides.append(item)
+        else:
+            card = item
+    return card, overrides
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from neurohw.config import load_config
+    from neurohw.errors import ConfigError
+    from neurohw.train import train
+
+    card, overrides = _split_card_and_overrides(args.items)
+    if card is None and args.resume and args.out:
+        card = str(Path(args.out) / "config.toml")
+    if card is None:
+        raise ConfigError("neurohw train needs a model card, e.g. `neurohw train models/mnist_ep_fc1.toml`")
+    cfg = load_config(card, overrides)
+    out = args.out or str(Path("runs") / Path(card).stem)
+    summary = train(
+        cfg, out, resume=args.resume, overwrite=args.overwrite, data_dir=args.data_dir, progress=not args.no_progress
+    )
+    print(
+        f"{Path(out)}: best epoch {summary['best_epoch']} by validation error "
+        f"({100 * summary['val_error']:.2f} %): test error {100 * summary['test_error']:.2f} %"
+    )
+    return 0
+
+
+def cmd_gdu(args: argparse.Namespace) -> int:
+    from neurohw import gdu
+
+    cfg = gdu.gdu_config(args.overrides)
+    result = gdu.compute_gdu(cfg)
+    print(gdu.report(result))
+    gdu.write_h5(result, args.out)
+    figure = args.figure or str(Path(args.out).with_suffix(".png"))
+    gdu.plot(result, figure)
+    print(f"wrote {args.out} and {figure}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from neurohw.bench import format_bench, run_bench
+
+    result = run_bench(
+        samples=args.samples, device=args.device, data_dir=args.data_dir, threads=args.threads, repeats=args.repeats
+    )
+    print(format_bench(result))
+    if args.json:
+        from neurohw.io.atomic import write_text
+
+        write_text(args.json, json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from neurohw.config import describe
+
+    print(describe())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="neurohw", description="Equilibrium Propagation for neuromorphic hardware")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model card", description="Train a model card; key=value items override it.")
+    t.add_argument("items", nargs="*", metavar="CARD [key=value ...]", help="models/<card>.toml then dotted overrides")
+    t.add_argument("--out", help="run directory (default runs/<card name>)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    t.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    t.add_argument("--data-dir", help="dataset folder (else $NEUROHW_DATA, else ./data)")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=cmd_train)
+
+    g = sub.add_parser("gdu", help="EP vs BPTT step-by-step check (Ernoult et al. 2019, Theorem 1)")
+    g.add_argument("overrides", nargs="*", metavar="key=value", help="activation, beta, T_free, T_nudge, estimator, seed, sizes, batch_size, init_gain")
+    g.add_argument("--out", default="gdu.h5", help="HDF5 file to write (default gdu.h5)")
+    g.add_argument("--figure", help="PNG figure (default: --out with .png)")
+    g.set_defaults(func=cmd_gdu)
+
+    b = sub.add_parser("bench", help="closed-form engine vs autograd-of-Φ EP on MNIST (mnist_ep_fc1)")
+    b.add_argument("--samples", type=int, default=2000, help="training samples per engine (default 2000)")
+    b.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    b.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    b.add_argument("--repeats", type=int, default=3, help="runs per engine, fastest reported (default 3)")
+    b.add_argument("--data-dir", help="dataset folder")
+    b.add_argument("--json", help="write the figures to this JSON file")
+    b.set_defaults(func=cmd_bench)
+
+    k = sub.add_parser("keys", help="list every config key with its default and meaning")
+    k.set_defaults(func=cmd_keys)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except NeurohwError as e:
+        print(f"neurohw: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""Run configuration: frozen dataclasses loaded from TOML model cards plus `key=value` overrides.
+
+A card (models/*.toml) has the sections `[data]`, `[net]`, `[learner]`, `[train]`, an optional
+`[reference]` (the published figure the card reproduces) and the top-level keys `device` and `dtype`.
+Overrides use dotted keys: `train.epochs=1 net.hidden=[512,512] device=cpu`; values are TOML values,
+and a bare word is read as a string. Every field is documented below (`describe()` prints them).
+Unknown keys and wrongly typed values raise ConfigError naming the key and the closest valid name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from neurohw.core.registry import did_you_mean
+from neurohw.errors import ConfigError
+
+
+def _f(default: Any, doc: str) -> Any:
+    if isinstance(default, (list, tuple)):
+        return field(default=tuple(default), metadata={"doc": doc})
+    return field(default=default, metadata={"doc": doc})
+
+
+def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} = '{value}' is not valid{did_you_mean(value, list(choices))}; valid: {', '.join(choices)}")
+
+
+def _positive(key: str, value: float, *, zero_ok: bool = False) -> None:
+    if not (value >= 0 if zero_ok else value > 0) or (isinstance(value, float) and not math.isfinite(value)):
+        raise ConfigError(f"{key} must be {'≥ 0' if zero_ok else '> 0'}, got {value}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = _f("mnist", "mnist | fashion_mnist | cifar10")
+    val_size: int = _f(5000, "training samples held out for validation (model selection, early stopping)")
+    split_seed: int = _f(0, "seed of the train/validation split")
+    augment: bool = _f(False, "random crop (edge padding) and horizontal flip of training images")
+    crop_padding: int = _f(4, "padding in pixels of the random crop")
+    mean: tuple[float, ...] = _f((), "per-channel mean of pixel/255 subtracted from the input; () = dataset default")
+    std: tuple[float, ...] = _f((), "per-channel std dividing the input; () = dataset default")
+    limit_train: int = _f(0, "use only the first N training samples (0 = all); for smoke tests")
+    limit_eval: int = _f(0, "evaluate on the first N validation and test samples (0 = all); for smoke tests")
+
+    def __post_init__(self) -> None:
+        _choice("data.dataset", self.dataset, ("mnist", "fashion_mnist", "cifar10"))
+        for key in ("val_size", "crop_padding", "limit_train", "limit_eval"):
+            _positive(f"data.{key}", getattr(self, key), zero_ok=True)
+        if len(self.mean) != len(self.std):
+            raise ConfigError(f"data.mean and data.std need the same length, got {len(self.mean)} and {len(self.std)}")
+        for s in self.std:
+            _positive("data.std", s)
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    architecture: str = _f("fc", "fc (dense layers) | conv (conv layers, then dense layers)")
+    hidden: tuple[int, ...] = _f((512,), "sizes of the dense hidden layers (after the conv layers for conv)")
+    channels: tuple[int, ...] = _f((), "conv: output channels of each conv layer")
+    kernel_sizes: tuple[int, ...] = _f((), "conv: kernel size of each conv layer")
+    strides: tuple[int, ...] = _f((), "conv: stride of each conv layer (() = all 1)")
+    paddings: tuple[int, ...] = _f((), "conv: zero padding of each conv layer (() = all 0)")
+    pools: tuple[str, ...] = _f((), "conv: max2 | avg2 | none for each conv layer (() = all max2)")
+    activation: str = _f("sigmoid4", "activation ρ (registry name: tanh, hard_sigmoid, hard_sigmoid_half, sigmoid4, identity)")
+    cost: str = _f("mse", "mse (output inside the dynamics) | ce_readout (softmax cross-entropy readout)")
+    init_gains: tuple[float, ...] = _f((), "per-layer factor on PyTorch's default init (() = 1; one value broadcasts)")
+    nudge: str = _f("inside", "inside: s_N = ρ(∂Φ^β/∂s_N) (canonical) | outside: s_N = ρ(∂Φ/∂s_N) − β∂ℓ/∂s_N (Ernoult et al.'s code)")
+
+    def __post_init__(self) -> None:
+        _choice("net.architecture", self.architecture, ("fc", "conv"))
+        _choice("net.cost", self.cost, ("mse", "ce_readout"))
+        _choice("net.nudge", self.nudge, ("inside", "outside"))
+        from neurohw.core.activations import ACTIVATIONS
+
+        _choice("net.activation", self.activation, tuple(ACTIVATIONS.names()))
+        for h in self.hidden:
+            _positive("net.hidden", h)
+        if self.architecture == "fc" and self.channels:
+            raise ConfigError("net.channels is set but net.architecture = 'fc'; use architecture = 'conv'")
+        if self.architecture == "conv":
+            n = len(self.channels)
+            if n == 0:
+                raise ConfigError("net.architecture = 'conv' needs net.channels (one entry per conv layer)")
+            for key in ("kernel_sizes", "strides", "paddings", "pools"):
+                v = getattr(self, key)
+                if (v or key == "kernel_sizes") and len(v) != n:
+                    raise ConfigError(f"net.{key} needs {n} entries (one per conv layer), got {len(v)}")
+            for p in self.pools:
+                _choice("net.pools", p, ("max2", "avg2", "none"))
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    algorithm: str = _f("ep", "ep | cep | cvf | bptt | bp")
+    estimator: str = _f("one-sided", "EP gradient estimator: one-sided | random-sign | symmetric")
+    beta: float = _f(0.1, "nudging strength β (> 0)")
+    T_free: int = _f(30, "steps of the free phase")
+    T_nudge: int = _f(10, "steps of each nudged phase")
+    T_eval: int = _f(0, "free-phase steps at evaluation (0 = T_free)")
+    T_backprop: int = _f(0, "bptt: steps differentiated through, the last ones (0 = all T_free)")
+    psi_deg: float = _f(0.0, "cvf: initial angle in degrees between forward and feedback weights")
+    seed: int = _f(0, "seed of the learner's own generator (sign of β for random-sign)")
+
+    def __post_init__(self) -> None:
+        _choice("learner.algorithm", self.algorithm, ("ep", "cep", "cvf", "bptt", "bp"))
+        _choice("learner.estimator", self.estimator, ("one-sided", "random-sign", "symmetric"))
+        _positive("learner.beta", self.beta)
+        _positive("learner.T_free", self.T_free)
+        _positive("learner.T_nudge", self.T_nudge)
+        for key in ("T_eval", "T_backprop"):
+            _positive(f"learner.{key}", getattr(self, key), zero_ok=True)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = _f(1, "training epochs")
+    batch_size: int = _f(20, "global mini-batch size (split across processes in a distributed run)")
+    eval_batch_size: int = _f(1000, "batch size of evaluation")
+    optimizer: str = _f("sgd", "sgd | adam")
+    lrs: tuple[float, ...] = _f((0.05,), "learning rate per layer, input → output (one value broadcasts)")
+    momentum: float = _f(0.0, "sgd momentum")
+    weight_decay: float = _f(0.0, "L2 weight decay of the optimizer")
+    scheduler: str = _f("none", "none | cosine (annealing per epoch down to lr_min)")
+    cosine_epochs: int = _f(0, "epochs of the cosine annealing, then constant lr_min (0 = epochs)")
+    lr_min: float = _f(0.0, "learning rate at the end of the cosine schedule (every layer)")
+    patience: int = _f(0, "stop after this many epochs without a better validation error (0 = never)")
+    seed: int = _f(0, "seed of initialisation, shuffling and augmentation")
+
+    def __post_init__(self) -> None:
+        _positive("train.epochs", self.epochs)
+        _positive("train.batch_size", self.batch_size)
+        _positive("train.eval_batch_size", self.eval_batch_size)
+        _choice("train.optimizer", self.optimizer, ("sgd", "adam"))
+        _choice("train.scheduler", self.scheduler, ("none", "cosine"))
+        if not self.lrs:
+            raise ConfigError("train.lrs needs at least one learning rate")
+        for lr in self.lrs:
+            _positive("train.lrs", lr, zero_ok=True)
+        for key in ("momentum", "weight_decay", "lr_min", "cosine_epochs", "patience"):
+            _positive(f"train.{key}", getattr(self, key), zero_ok=True)
+
+
+@dataclass(frozen=True)
+class ReferenceConfig:
+    paper: str = _f("", "the publication this card reproduces")
+    published: str = _f("", "the published figure (value, table/figure, setting)")
+    source: str = _f("", "where the card's hyper-parameters come from")
+    ours: str = _f("", "our measured figure for this card: value, command, machine, date (docs/results.md)")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    net: NetConfig = field(default_factory=NetConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    device: str = _f("auto", "auto (cuda when available, else cpu) | cpu | cuda | cuda:N")
+    dtype: str = _f("float32", "float32 | float64")
+
+    def __post_init__(self) -> None:
+        _choice("dtype", self.dtype, ("float32", "float64"))
+        if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
+            raise ConfigError(f"device = '{self.device}' is not valid; valid: auto, cpu, cuda, cuda:N")
+
+
+SECTIONS = {"data": DataConfig, "net": NetConfig, "learner": LearnerConfig, "train": TrainConfig, "reference": ReferenceConfig}
+TOP_LEVEL = ("device", "dtype")
+
+
+def valid_keys(cls: type = None) -> list[str]:
+    """Every dotted key of a config dataclass (default RunConfig), nested sections included."""
+    cls = RunConfig if cls is None else cls
+    hints = typing.get_type_hints(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            keys += [f"{f.name}.{k}" for k in valid_keys(hints[f.name])]
+        else:
+            keys.append(f.name)
+    return keys
+
+
+def describe() -> str:
+    """One line per config key: key, default and documentation."""
+    lines = []
+    for f in dataclasses.fields(RunConfig):
+        if f.name in TOP_LEVEL:
+            lines.append(f"{f.name:28s} = {_toml_value(f.default):14s} {f.metadata['doc']}")
+    for name, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            lines.append(f"{name + '.' + f.name:28s} = {_toml_value(f.default):14s} {f.metadata['doc']}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------- coercion
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        (item, _) = typing.get_args(annotation)
+        seq = value if isinstance(value, (list, tuple)) else [value]
+        return tuple(_coerce(key, v, item) for v in seq)
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    name = getattr(annotation, "__name__", str(annotation))
+    raise ConfigError(f"{key}: expected {name}, got {value!r} ({type(value).__name__})")
+
+
+def build_dataclass(cls: type, table: dict[str, Any], prefix: str = "", all_keys: list[str] | None = None) -> Any:
+    """An instance of the (frozen, typed) dataclass `cls` from a TOML table, every value checked."""
+    all_keys = valid_keys(cls) if all_keys is None else all_keys
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in table.items():
+        full = f"{prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"unknown config key '{full}'{did_you_mean(full, all_keys)}")
+        if dataclasses.is_dataclass(hints[key]):
+            if not isinstance(value, dict):
+                raise ConfigError(f"[{full}] must be a table (a section), got {value!r}")
+            kwargs[key] = build_dataclass(hints[key], value, f"{full}.", all_keys)
+        else:
+            kwargs[key] = _coerce(full, value, hints[key])
+    return cls(**kwargs)
+
+
+def from_dict(table: dict[str, Any]) -> RunConfig:
+    return build_dataclass(RunConfig, table)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """'train.epochs=1' → (['train', 'epochs'], 1); the value is TOML, a bare word a string."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' is not of the form key=value (e.g. train.epochs=1)")
+    key, raw = (part.strip() for part in item.split("=", 1))
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(table: dict[str, Any], overrides: list[str], cls: type = None) -> dict[str, Any]:
+    """`table` (plain TOML data, not modified) with the `key=value` overrides applied."""
+    keys = valid_keys(cls)
+    out = json.loads(json.dumps(table))  # deep copy
+    for item in overrides:
+        path, value = parse_override(item)
+        full = ".".join(path)
+        if full not in keys:
+            raise ConfigError(f"unknown config key '{full}'{did_you_mean(full, keys)}")
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
+    return out
+
+
+def load_config(card: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """The RunConfig of a TOML card (or the defaults) with `key=value` overrides applied."""
+    table: dict[str, Any] = {}
+    if card is not None:
+        path = Path(card)
+        try:
+            table = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"model card '{path}' does not exist") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"model card '{path}' is not valid TOML: {e}") from None
+    try:
+        return from_dict(apply_overrides(table, list(overrides)))
+    except ConfigError as e:
+        where = f" in '{card}'" if card is not None else ""
+        raise ConfigError(f"{e}{where}") from None
+
+
+# ------------------------------------------------------------------------------- serialisation
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def to_toml(cfg: RunConfig) -> str:
+    """The resolved config as TOML; `load_config` of this text gives back an equal RunConfig."""
+    d = to_dict(cfg)
+    lines = [f"{k} = {_toml_value(d[k])}" for k in TOP_LEVEL]
+    for name in SECTIONS:
+        lines += ["", f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in d[name].items()]
+    return "\n".join(lines) + "\n"
+
+
+def loads(text: str) -> RunConfig:
+    return from_dict(tomllib.loads(text))

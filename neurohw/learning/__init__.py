@@ -1,0 +1,45 @@
+"""Learners: EP (three estimators), C-EP, C-VF, BPTT and BP behind one interface (`Learner`)."""
+
+from __future__ import annotations
+
+from neurohw.core.registry import Registry
+from neurohw.learning.base import BetaSampler, Learner
+from neurohw.learning.bptt import BP, BPTT
+from neurohw.learning.cep import CEP, CVF, set_initial_angle, weight_angles_deg
+from neurohw.learning.ep import EP
+
+
+def _ep(cfg):
+    return EP(cfg.beta, cfg.T_free, cfg.T_nudge, cfg.estimator, seed=cfg.seed, T_eval=cfg.T_eval)
+
+
+def _cep(cfg):
+    return CEP(cfg.beta, cfg.T_free, cfg.T_nudge, cfg.estimator, seed=cfg.seed, T_eval=cfg.T_eval)
+
+
+def _cvf(cfg):
+    return CVF(cfg.beta, cfg.T_free, cfg.T_nudge, cfg.estimator, seed=cfg.seed, T_eval=cfg.T_eval)
+
+
+def _bptt(cfg):
+    return BPTT(cfg.T_free, T_backprop=cfg.T_backprop, T_eval=cfg.T_eval)
+
+
+def _bp(cfg):
+    return BP()
+
+
+LEARNERS: Registry = Registry("learner")
+for _name, _factory in (("ep", _ep), ("cep", _cep), ("cvf", _cvf), ("bptt", _bptt), ("bp", _bp)):
+    LEARNERS.register(_name, _factory)
+
+
+def build_learner(cfg) -> Learner:
+    """The learner of a LearnerConfig."""
+    return LEARNERS.get(cfg.algorithm, "learner.algorithm")(cfg)
+
+
+__all__ = [
+    "BP", "BPTT", "CEP", "CVF", "EP", "BetaSampler", "LEARNERS", "Learner",
+    "build_learner", "set_initial_angle", "weight_angles_deg",
+]

@@ -1,0 +1,134 @@
+"""Continual EP and Continual Vector-Field EP (Ernoult et al. 2020; docs/math.md §C-EP, §C-VF).
+
+C-EP applies the EP update at every step of a one-sided nudged phase, with the parameters changing
+as the state moves (the dynamics at step t uses θ_t):
+
+    θ_{t+1} = θ_t + (η/β) · (∂Φ^β/∂θ(x, s_{t+1}, θ_t) − ∂Φ^{β_t}/∂θ(x, s_t, θ_t))      (eq. C-EP)
+
+with β_0 = 0 and β_t = β for t ≥ 1, so that the sum over the phase telescopes to EP's update at fixed θ
+(for the MSE cost ∂Φ^β/∂θ = ∂Φ/∂θ and this is exactly the paper's rule; with the CE readout the β_0 = 0
+term is what makes the readout learn). The learning rate η is the optimizer's: `.grad` is set to
+−(1/β)(…)/batch_size and `apply()` (an optimizer step) is called at every nudged step.
+
+C-VF replaces the tied feedback by untied weights and the update by the local vector-field rule
+(post-synaptic change × pre-synaptic activity at step t):
+
+    ΔW_n = (η/β) (s_{n+1,t+1} − s_{n+1,t}) s_{n,t}ᵀ,   Δb_n = (η/β)(s_{n+1,t+1} − s_{n+1,t}),
+    ΔW^b_n = (η/β) s_{n+1,t} (s_{n,t+1} − s_{n,t})ᵀ                                 (eq. C-VF)
+
+where W^b_n (`weight_backward`, same shape as W_n) carries s_{n+1} back to s_n as s_{n+1}·W^b_n.
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+
+import torch
+
+from neurohw.dynamics import check_finite
+from neurohw.errors import ConfigError
+from neurohw.learning.base import (
+    Apply, BetaSampler, RelaxationPredictor, batch_stats, check_phases, free_phase, set_grads,
+)
+from neurohw.nets.layered import LayeredNet
+
+
+CONTINUAL_ESTIMATORS = ("one-sided", "random-sign")
+
+
+class _Continual(RelaxationPredictor, abc.ABC):
+    """The continual loop shared by C-EP and C-VF: one nudged phase, an update at every step."""
+
+    def __init__(
+        self, beta: float, T_free: int, T_nudge: int, estimator: str = "one-sided", *, seed: int = 0, T_eval: int = 0
+    ):
+        check_phases(beta, T_free, T_nudge)
+        self.beta, self.T_free, self.T_nudge, self.T_eval = float(beta), int(T_free), int(T_nudge), int(T_eval)
+        self.sampler = BetaSampler(beta, estimator, seed, CONTINUAL_ESTIMATORS)
+
+    @abc.abstractmethod
+    def updates(self, net: LayeredNet, x, y, s, s_next, beta: float, t: int) -> list[torch.Tensor]:
+        """The update of step t (without η/β), summed over the batch, ordered as `param_list()`."""
+
+    def check_net(self, net: LayeredNet) -> None:
+        """Refuse a net this learner cannot train (before any work is done)."""
+
+    @torch.no_grad()
+    def step(self, net: LayeredNet, x: torch.Tensor, y: torch.Tensor, apply: Apply) -> dict[str, torch.Tensor]:
+        net.check_batch(x, y)
+        self.check_net(net)
+        params, beta = net.param_list(), self.sampler.draw()[1]
+        x_drive, s = free_phase(net, x, self.T_free)
+        stats = batch_stats(net, s, y)
+        scale = -1.0 / (beta * x.shape[0])
+        for t in range(self.T_nudge):
+            if t > 0:
+                x_drive = net.input_drive(x)  # θ changed at the previous step
+            s_next = net.step(x_drive, s, y, beta)
+            set_grads(params, self.updates(net, x, y, s, s_next, beta, t), scale)
+            apply()
+            s = s_next
+        check_finite(s, f"{self.name} nudged")
+        return stats
+
+
+class CEP(_Continual):
+    """C-EP (eq. C-EP): ∂Φ^β/∂θ(s_{t+1}) − ∂Φ^{β_t}/∂θ(s_t), both at θ_t, β_0 = 0."""
+
+    name = "cep"
+
+    def check_net(self, net):
+        if not net.symmetric:
+            raise ConfigError("C-EP needs tied weights; use learner.algorithm = 'cvf' for untied feedback")
+
+    def updates(self, net, x, y, s, s_next, beta, t):
+        return net.phi_param_grads_diff(x, s_next, s, y, beta, beta if t > 0 else 0.0)
+
+
+class CVF(_Continual):
+    """C-VF: untied feedback weights and the local vector-field update of eq. C-VF."""
+
+    name = "cvf"
+
+    def updates(self, net, x, y, s, s_next, beta, t):
+        return vf_updates(net, x, s, s_next)
+
+
+def vf_updates(net: LayeredNet, x: torch.Tensor, s: list[torch.Tensor], s_next: list[torch.Tensor]) -> list[torch.Tensor]:
+    """The local updates of eq. C-VF (without η/β), summed over the batch, ordered as `param_list()`."""
+    pre = [x, *s]
+    grads: list[torch.Tensor] = []
+    for i, layer in enumerate(net.layers):
+        d_post = s_next[i] - s[i]
+        grads += [d_post.t() @ pre[i].flatten(1), d_post.sum(0)]
+        if layer.weight_backward is not None:
+            grads.append(s[i].t() @ (s_next[i - 1] - s[i - 1]))
+    return grads
+
+
+def weight_angles_deg(net: LayeredNet) -> list[float]:
+    """Angle between forward weights W_n and feedback weights W^b_n, per layer that has both."""
+    out = []
+    for layer in net.layers:
+        wb = getattr(layer, "weight_backward", None)
+        if wb is not None:
+            w = layer.weight.detach().flatten().double()
+            v = wb.detach().flatten().double()
+            cos = float((w @ v) / (w.norm() * v.norm()).clamp_min(1e-300))
+            out.append(math.degrees(math.acos(max(-1.0, min(1.0, cos)))))
+    return out
+
+
+def set_initial_angle(net: LayeredNet, psi_deg: float, generator: torch.Generator) -> None:
+    """W^b_n = W_n with each entry's sign flipped with probability ½(1 − cos ψ) (expected angle ψ)."""
+    if not 0.0 <= psi_deg <= 180.0:
+        raise ConfigError(f"learner.psi_deg must lie in [0, 180], got {psi_deg}")
+    p_flip = 0.5 * (1.0 - math.cos(math.radians(psi_deg)))
+    with torch.no_grad():
+        for layer in net.layers:
+            wb = getattr(layer, "weight_backward", None)
+            if wb is not None:
+                flip = torch.rand(wb.shape, generator=generator) < p_flip
+                sign = 1.0 - 2.0 * flip.to(wb.dtype)
+                wb.copy_(layer.weight * sign.to(wb.device))

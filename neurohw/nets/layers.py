@@ -1,0 +1,182 @@
+"""Connections between consecutive layers of a layered energy network (docs/math.md §Φ).
+
+A connection `n` links state `s_n` to state `s_{n+1}` and contributes the term
+`⟨s_{n+1}, D_n(s_n)⟩` to the primitive function Φ, where the drive `D_n` is
+
+* dense:  `D_n(s) = W_n vec(s) + b_n`                                  (docs/math.md eq. Φ-fc)
+* conv2d: `D_n(s) = P(W_n ⋆ s + b_n)`, `P` ∈ {2×2 max-pool, 2×2 avg-pool, none}  (eq. Φ-conv)
+
+Each connection gives, in closed form and without autograd:
+
+* `drive(s_in) -> (D(s_in), ctx)`: the forward drive on `s_{n+1}`; `ctx` holds what the feedback
+  needs from the same evaluation (the max-pool indices);
+* `feedback_add(base, s_out, ctx)`: `base + ∂⟨s_out, D(s_in)⟩/∂s_in`, the drive on `s_n` from above
+  (a transposed matrix product, or the transposed convolution of the un-pooled state);
+* `phi_grads(s_in, s_out, ctx)`: `∂⟨s_out, D(s_in)⟩/∂(W_n, b_n)` summed over the batch.
+
+A dense connection built with `backward=True` carries untied feedback weights `weight_backward`
+(same shape as `weight`): its feedback is `s_out @ weight_backward` instead of `s_out @ weight`
+(vector-field dynamics of C-VF, docs/math.md §C-VF).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from neurohw.errors import ConfigError
+
+POOLS = ("max2", "avg2", "none")
+
+
+def _init_uniform(tensors: list[torch.Tensor], fan_in: int, gain: float, generator: torch.Generator) -> None:
+    """PyTorch's default Linear/Conv initialisation U(−1/√fan_in, 1/√fan_in), times `gain`."""
+    bound = gain / math.sqrt(fan_in)
+    with torch.no_grad():
+        for t in tensors:
+            nn.init.uniform_(t, -bound, bound, generator=generator)
+
+
+class Dense(nn.Module):
+    """`D(s) = W vec(s) + b`, W of shape (out_features, prod(in_shape)) (PyTorch's Linear convention)."""
+
+    kind = "dense"
+
+    def __init__(self, in_shape: tuple[int, ...], out_features: int, *, backward: bool = False):
+        super().__init__()
+        self.in_shape = tuple(int(d) for d in in_shape)
+        self.in_features = math.prod(self.in_shape)
+        self.out_shape = (int(out_features),)
+        self.weight = nn.Parameter(torch.empty(out_features, self.in_features))
+        self.bias = nn.Parameter(torch.empty(out_features))
+        self.weight_backward = nn.Parameter(torch.empty(out_features, self.in_features)) if backward else None
+        self.needs_ctx = False
+
+    def reset_parameters(self, generator: torch.Generator, gain: float = 1.0) -> None:
+        _init_uniform([self.weight, self.bias], self.in_features, gain, generator)
+        if self.weight_backward is not None:
+            with torch.no_grad():
+                self.weight_backward.copy_(self.weight)
+
+    def drive(self, s_in: torch.Tensor) -> tuple[torch.Tensor, None]:
+        return torch.addmm(self.bias, s_in.flatten(1), self.weight.t()), None
+
+    def feedback_add(self, base: torch.Tensor, s_out: torch.Tensor, ctx: None) -> torch.Tensor:
+        w = self.weight if self.weight_backward is None else self.weight_backward
+        return torch.addmm(base.flatten(1), s_out, w).view(base.shape)
+
+    def feedback(self, s_out: torch.Tensor, ctx: None) -> torch.Tensor:
+        w = self.weight if self.weight_backward is None else self.weight_backward
+        return (s_out @ w).view(-1, *self.in_shape)
+
+    def phi_grads(self, s_in: torch.Tensor, s_out: torch.Tensor, ctx: None) -> list[torch.Tensor]:
+        return [s_out.t() @ s_in.flatten(1), s_out.sum(0)]
+
+    def phi_grads_diff(self, s_in_a, s_out_a, ctx_a, s_in_b, s_out_b, ctx_b) -> list[torch.Tensor]:
+        """phi_grads at a minus phi_grads at b; one matrix product when the input is shared (x)."""
+        if s_in_a is s_in_b:
+            d = s_out_a - s_out_b
+            return [d.t() @ s_in_a.flatten(1), d.sum(0)]
+        dw = torch.mm(s_out_a.t(), s_in_a.flatten(1)).addmm_(s_out_b.t(), s_in_b.flatten(1), alpha=-1.0)
+        return [dw, s_out_a.sum(0) - s_out_b.sum(0)]
+
+    def extra_repr(self) -> str:
+        tied = "" if self.weight_backward is None else ", untied feedback"
+        return f"in_shape={self.in_shape}, out_features={self.out_shape[0]}{tied}"
+
+
+class Conv2d(nn.Module):
+    """`D(s) = P(W ⋆ s + b)` with W of shape (out_ch, in_ch, k, k) and P a 2×2 pool or none."""
+
+    kind = "conv2d"
+
+    def __init__(
+        self,
+        in_shape: tuple[int, int, int],
+        out_channels: int,
+        kernel_size: int,
+        *,
+        stride: int = 1,
+        padding: int = 0,
+        pool: str = "max2",
+    ):
+        super().__init__()
+        if pool not in POOLS:
+            raise ConfigError(f"unknown pool '{pool}'; valid: {', '.join(POOLS)}")
+        if len(in_shape) != 3:
+            raise ConfigError(f"a conv2d layer needs a (channels, height, width) input, got shape {tuple(in_shape)}")
+        c, h, w = (int(d) for d in in_shape)
+        self.in_shape = (c, h, w)
+        self.stride, self.padding, self.pool, self.kernel_size = int(stride), int(padding), pool, int(kernel_size)
+        hc = (h + 2 * self.padding - self.kernel_size) // self.stride + 1
+        wc = (w + 2 * self.padding - self.kernel_size) // self.stride + 1
+        if hc < 1 or wc < 1 or (pool != "none" and (hc < 2 or wc < 2)):
+            raise ConfigError(
+                f"conv2d layer with kernel {kernel_size}, stride {stride}, padding {padding}, pool {pool} "
+                f"does not fit its input of shape {self.in_shape}"
+            )
+        self.conv_shape = (int(out_channels), hc, wc)
+        self.out_shape = (int(out_channels), hc // 2, wc // 2) if pool != "none" else self.conv_shape
+        # output_padding of the transposed convolution that restores the input's spatial size
+        self._output_padding = (
+            h - ((hc - 1) * self.stride - 2 * self.padding + self.kernel_size),
+            w - ((wc - 1) * self.stride - 2 * self.padding + self.kernel_size),
+        )
+        self.weight = nn.Parameter(torch.empty(out_channels, c, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.empty(out_channels))
+        self.weight_backward = None
+        self.needs_ctx = pool == "max2"
+
+    def reset_parameters(self, generator: torch.Generator, gain: float = 1.0) -> None:
+        _init_uniform([self.weight, self.bias], self.in_shape[0] * self.kernel_size**2, gain, generator)
+
+    def drive(self, s_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        y = F.conv2d(s_in, self.weight, self.bias, self.stride, self.padding)
+        if self.pool == "max2":
+            return F.max_pool2d(y, 2, return_indices=True)
+        if self.pool == "avg2":
+            return F.avg_pool2d(y, 2), None
+        return y, None
+
+    def unpool(self, s_out: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
+        """∂⟨s_out, P(y)⟩/∂y: the state routed back to the convolution's output grid."""
+        if self.pool == "max2":
+            return F.max_unpool2d(s_out, ctx, 2, output_size=self.conv_shape[1:])
+        if self.pool == "avg2":
+            g = s_out.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3).mul(0.25)
+            dh, dw = self.conv_shape[1] - g.shape[2], self.conv_shape[2] - g.shape[3]
+            return F.pad(g, (0, dw, 0, dh)) if dh or dw else g
+        return s_out
+
+    def feedback(self, s_out: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
+        return F.conv_transpose2d(
+            self.unpool(s_out, ctx), self.weight, None, self.stride, self.padding, self._output_padding
+        )
+
+    def feedback_add(self, base: torch.Tensor, s_out: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
+        return self.feedback(s_out, ctx).add_(base) if not torch.is_grad_enabled() else base + self.feedback(s_out, ctx)
+
+    def phi_grads(self, s_in: torch.Tensor, s_out: torch.Tensor, ctx: torch.Tensor | None) -> list[torch.Tensor]:
+        g = self.unpool(s_out, ctx)
+        dw = torch.nn.grad.conv2d_weight(s_in, self.weight.shape, g, self.stride, self.padding)
+        return [dw, g.sum((0, 2, 3))]
+
+    def phi_grads_diff(self, s_in_a, s_out_a, ctx_a, s_in_b, s_out_b, ctx_b) -> list[torch.Tensor]:
+        """phi_grads at a minus phi_grads at b; one weight gradient when the input is shared (x)."""
+        if s_in_a is s_in_b:
+            g = self.unpool(s_out_a, ctx_a) - self.unpool(s_out_b, ctx_b)
+            dw = torch.nn.grad.conv2d_weight(s_in_a, self.weight.shape, g, self.stride, self.padding)
+            return [dw, g.sum((0, 2, 3))]
+        return [a - b for a, b in zip(self.phi_grads(s_in_a, s_out_a, ctx_a), self.phi_grads(s_in_b, s_out_b, ctx_b))]
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_shape={self.in_shape}, out_channels={self.conv_shape[0]}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, pool={self.pool}, out_shape={self.out_shape}"
+        )
+
+
+Connection = Dense | Conv2d

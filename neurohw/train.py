@@ -1,0 +1,352 @@
+"""The training loop: `neurohw train models/<card>.toml [key=value ...] [--out runs/<name>] [--resume]`.
+
+A run directory holds `config.toml` (the resolved config), `metrics.jsonl` (one line per epoch:
+epoch, train_error, train_loss, val_error, test_error, wall_s, samples_per_s, lrs, and learner
+diagnostics such as C-VF's weight angles), `checkpoint.pt` (the whole training state after the last
+finished epoch, written atomically), `best.pt` (the net of the epoch with the lowest validation
+error) and `summary.json`. Model selection and early stopping look at the validation error only; the
+reported test error is that of the selected epoch.
+
+Device and dtype are chosen once here; every random draw comes from a generator seeded from
+`train.seed` (initialisation, shuffling, augmentation) or `learner.seed` (sign of β), all on the CPU,
+so a run is reproducible and `--resume` continues bit-for-bit as if never interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from neurohw import __version__
+from neurohw.config import RunConfig, to_dict, to_toml
+from neurohw.data import Preprocess, Splits, augment, draw_augment, limit_splits, load_splits, one_hot
+from neurohw.distributed import DistContext
+from neurohw.errors import CheckpointError, ConfigError
+from neurohw.io.atomic import write_text, write_with
+from neurohw.learning import Learner, build_learner, set_initial_angle, weight_angles_deg
+from neurohw.nets.build import build_net
+from neurohw.nets.layered import LayeredNet
+
+CHECKPOINT_FORMAT = "neurohw-checkpoint"
+CHECKPOINT_VERSION = 1
+# keys that may differ between a checkpoint's config and the config it is resumed with
+RESUMABLE_CHANGES = {("train", "epochs"), ("train", "patience"), ("train", "eval_batch_size"), ("device",)}
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"device = '{name}' but CUDA is not available on this machine; use device=cpu")
+        if name == "cuda":
+            name = f"cuda:{local_rank}"
+    return torch.device(name)
+
+
+# --------------------------------------------------------------------------------- components
+def build_model(cfg: RunConfig, input_shape: tuple[int, int, int], n_classes: int) -> LayeredNet:
+    """The initialised net of a run (seeded by train.seed; C-VF's feedback angle set by learner.psi_deg)."""
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    untied = cfg.learner.algorithm == "cvf"
+    net = build_net(cfg.net, input_shape, n_classes, untied=untied, generator=gen)
+    if untied:
+        set_initial_angle(net, cfg.learner.psi_deg, gen)
+    return net
+
+
+def build_optimizer(net: LayeredNet, cfg) -> torch.optim.Optimizer:
+    """One parameter group per layer with its learning rate `train.lrs[i]` (input → output)."""
+    n = len(net.layers)
+    lrs = list(cfg.lrs) * n if len(cfg.lrs) == 1 else list(cfg.lrs)
+    if len(lrs) != n:
+        raise ConfigError(f"train.lrs has {len(cfg.lrs)} values but the net has {n} layers (give 1 or {n})")
+    groups = [{"params": [p for p in layer.parameters()], "lr": lr} for layer, lr in zip(net.layers, lrs)]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lrs[0], momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(groups, lr=lrs[0], weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg) -> torch.optim.lr_scheduler.LRScheduler | None:
+    if cfg.scheduler == "none":
+        return None
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, cfg.cosine_epochs or cfg.epochs, eta_min=cfg.lr_min)
+
+
+@torch.no_grad()
+def evaluate(
+    learner: Learner, net: LayeredNet, split, preprocess: Preprocess, batch_size: int, ctx: DistContext
+) -> float:
+    """Error rate of the learner's predictions on a split (sharded over processes)."""
+    n = len(split)
+    wrong = torch.zeros((), dtype=torch.int64, device=split.labels.device)
+    for start in range(ctx.rank * batch_size, n, batch_size * ctx.world_size):
+        images, labels = split.images[start : start + batch_size], split.labels[start : start + batch_size]
+        wrong += (learner.predict(net, preprocess(images)).argmax(1) != labels).sum()
+    return float(ctx.sum(wrong)) / max(n, 1)
+
+
+# ------------------------------------------------------------------------------------ run dir
+class RunDir:
+    """The files of a run directory (attributes config, metrics, checkpoint, best, summary)."""
+
+    FILES = {
+        "config": "config.toml",
+        "metrics": "metrics.jsonl",
+        "checkpoint": "checkpoint.pt",
+        "best": "best.pt",
+        "summary": "summary.json",
+    }
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        for attr, name in self.FILES.items():
+            setattr(self, attr, self.root / name)
+
+    def artefacts(self) -> list[Path]:
+        return [self.root / name for name in self.FILES.values()]
+
+
+@dataclass
+class TrainState:
+    epoch: int = 0
+    best_val: float = math.inf
+    best_epoch: int = 0
+    best_test: float = math.nan
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _config_diff(a: dict, b: dict, prefix: tuple = ()) -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        key = (*prefix, k)
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _config_diff(va, vb, key)
+        elif va != vb and key not in RESUMABLE_CHANGES:
+            out.append(f"{'.'.join(key)}: checkpoint {va!r}, now {vb!r}")
+    return out
+
+
+def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
+    """A checkpoint written by `train`; CheckpointError names the file if it is missing or corrupt."""
+    if not path.exists():
+        raise CheckpointError(f"no checkpoint at '{path}'")
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint '{path}' is corrupt or unreadable: {type(e).__name__}: {e}") from None
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"'{path}' is not a neurohw checkpoint (no format = '{CHECKPOINT_FORMAT}')")
+    if ck.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(f"checkpoint '{path}' has version {ck.get('version')}, this neurohw reads {CHECKPOINT_VERSION}")
+    for key in ("config", "epoch", "net", "optimizer", "learner", "generators", "state"):
+        if key not in ck:
+            raise CheckpointError(f"checkpoint '{path}' lacks the entry '{key}'")
+    return ck
+
+
+def _prepare_run_dir(run: RunDir, resume: bool, overwrite: bool) -> None:
+    if resume:
+        if not run.checkpoint.exists():
+            raise CheckpointError(f"--resume: no checkpoint at '{run.checkpoint}'")
+        return
+    existing = [p for p in run.artefacts() if p.exists()]
+    if existing and not overwrite:
+        raise CheckpointError(
+            f"run directory '{run.root}' already holds a run ({existing[0].name}); "
+            "pass --resume to continue it, --overwrite to replace it, or another --out"
+        )
+    for p in existing:
+        p.unlink()
+    run.root.mkdir(parents=True, exist_ok=True)
+
+
+# --------------------------------------------------------------------------------------- train
+def train(
+    cfg: RunConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    data_dir: str | Path | None = None,
+    splits: Splits | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Train `cfg` into the run directory `out`; returns the summary (also written to summary.json)."""
+    want = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+    ctx = DistContext.from_env(want)
+    device = resolve_device(cfg.device, ctx.local_rank)
+    dtype = getattr(torch, cfg.dtype)
+    run = RunDir(Path(out))
+    if cfg.train.batch_size % ctx.world_size:
+        raise ConfigError(f"train.batch_size = {cfg.train.batch_size} is not divisible by the {ctx.world_size} processes")
+    if ctx.is_main:
+        _prepare_run_dir(run, resume, overwrite)
+    ctx.barrier()
+    say = log if (log is not None and ctx.is_main) else (lambda _: None)
+
+    if splits is None:
+        splits = load_splits(cfg.data, data_dir)
+    else:  # given splits (tests, notebooks) obey the same limits as loaded ones
+        splits = limit_splits(splits, cfg.data.limit_train, cfg.data.limit_eval)
+    train_split, val_split, test_split = (s.to(device) for s in (splits.train, splits.val, splits.test))
+    info = splits.info
+    net = build_model(cfg, info.input_shape, info.n_classes).to(device=device, dtype=dtype)
+    learner = build_learner(cfg.learner)
+    optimizer = build_optimizer(net, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train)
+    params = net.param_list()
+    preprocess = Preprocess(info, net.input_shape, device, dtype)
+    shuffle_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
+    augment_gen = torch.Generator().manual_seed(cfg.train.seed + 2)
+    state = TrainState()
+
+    if resume:
+        ck = load_checkpoint(run.checkpoint, device)
+        diff = _config_diff(ck["config"], to_dict(cfg))
+        if diff:
+            raise CheckpointError(f"--resume: the config differs from the checkpoint's in {'; '.join(diff)}")
+        net.load_state_dict(ck["net"])
+        optimizer.load_state_dict(ck["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(ck["scheduler"])
+        learner.load_state_dict(ck["learner"])
+        shuffle_gen.set_state(ck["generators"]["shuffle"].cpu())
+        augment_gen.set_state(ck["generators"]["augment"].cpu())
+        state = TrainState(**ck["state"])
+        if ctx.is_main:  # drop the lines of an epoch that never reached its checkpoint
+            write_text(run.metrics, "".join(json.dumps(line) + "\n" for line in state.history))
+        say(f"resumed '{run.root}' after epoch {state.epoch}")
+    if ctx.is_main:
+        write_text(run.config, to_toml(cfg))
+
+    def apply() -> None:
+        ctx.average_grads(params)
+        optimizer.step()
+
+    batch, n_train = cfg.train.batch_size, len(train_split)
+    n_batches = n_train // batch
+    if n_batches == 0:
+        raise ConfigError(f"train.batch_size = {batch} exceeds the {n_train} training samples")
+    shard = ctx.shard(batch)
+    wall_start = time.perf_counter()
+    stale = 0
+    for epoch in range(state.epoch, cfg.train.epochs):
+        t0 = time.perf_counter()
+        perm = torch.randperm(n_train, generator=shuffle_gen)[: n_batches * batch].view(n_batches, batch)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        bar = _progress(n_batches, f"epoch {epoch + 1}/{cfg.train.epochs}", progress and ctx.is_main)
+        for b in range(n_batches):
+            idx = perm[b, shard].to(device)
+            x4 = preprocess.float_images(train_split.images[idx])
+            if cfg.data.augment:
+                x4 = augment(x4, cfg.data.crop_padding, draw_augment(batch, cfg.data.crop_padding, augment_gen)[shard])
+            x = x4.reshape(x4.shape[0], *net.input_shape)
+            y = one_hot(train_split.labels[idx], info.n_classes, dtype)
+            stats = learner.step(net, x, y, apply)
+            loss_sum += stats["loss"] * x.shape[0]
+            correct += stats["correct"]
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        n_seen = n_batches * batch
+        train_loss = float(ctx.sum(loss_sum)) / n_seen
+        train_error = 1.0 - float(ctx.sum(correct)) / n_seen
+        train_wall = time.perf_counter() - t0
+        if not math.isfinite(train_loss):
+            raise CheckpointError(f"epoch {epoch + 1}: the training loss is {train_loss}; the run diverged")
+        val_error = evaluate(learner, net, val_split, preprocess, cfg.train.eval_batch_size, ctx) if len(val_split) else math.nan
+        test_error = evaluate(learner, net, test_split, preprocess, cfg.train.eval_batch_size, ctx)
+        lrs = [g["lr"] for g in optimizer.param_groups]
+        if scheduler is not None and epoch < (cfg.train.cosine_epochs or cfg.train.epochs):
+            scheduler.step()
+        line = {
+            "epoch": epoch + 1,
+            "train_error": train_error,
+            "train_loss": train_loss,
+            "val_error": val_error,
+            "test_error": test_error,
+            "wall_s": time.perf_counter() - t0,
+            "samples_per_s": n_seen / train_wall,
+            "lrs": lrs,
+        }
+        if not net.symmetric:
+            line["weight_angles_deg"] = weight_angles_deg(net)
+        state.epoch = epoch + 1
+        state.history.append(line)
+        improved = not (val_error >= state.best_val)  # NaN val (val_size = 0) selects the last epoch
+        if improved:
+            state.best_val, state.best_epoch, state.best_test = val_error, epoch + 1, test_error
+            stale = 0
+        else:
+            stale += 1
+        if ctx.is_main:
+            with open(run.metrics, "a") as f:
+                f.write(json.dumps(line) + "\n")
+            if improved:
+                write_with(run.best, lambda f: torch.save({"epoch": epoch + 1, "net": net.state_dict()}, f))
+            checkpoint = {
+                "format": CHECKPOINT_FORMAT,
+                "version": CHECKPOINT_VERSION,
+                "neurohw_version": __version__,
+                "config": to_dict(cfg),
+                "epoch": epoch + 1,
+                "net": net.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict() if scheduler is not None else None,
+                "learner": learner.state_dict(),
+                "generators": {"shuffle": shuffle_gen.get_state(), "augment": augment_gen.get_state()},
+                "state": {k: getattr(state, k) for k in ("epoch", "best_val", "best_epoch", "best_test", "history")},
+            }
+            write_with(run.checkpoint, lambda f: torch.save(checkpoint, f))
+        say(
+            f"epoch {epoch + 1:3d}/{cfg.train.epochs}  train {100 * train_error:6.2f} %  val {100 * val_error:6.2f} %  "
+            f"test {100 * test_error:6.2f} %  {line['wall_s']:7.1f} s  {line['samples_per_s']:8.0f} samples/s"
+        )
+        if cfg.train.patience and stale >= cfg.train.patience:
+            say(f"early stop: no better validation error for {stale} epochs")
+            break
+    summary = {
+        "run": str(run.root),
+        "algorithm": cfg.learner.algorithm,
+        "estimator": cfg.learner.estimator if cfg.learner.algorithm in ("ep", "cep", "cvf") else None,
+        "epochs": state.epoch,
+        "best_epoch": state.best_epoch,
+        "val_error": state.best_val,
+        "test_error": state.best_test,
+        "final": state.history[-1] if state.history else None,
+        "wall_s_this_session": time.perf_counter() - wall_start,
+        "wall_s_total": sum(h["wall_s"] for h in state.history),
+        "device": str(device),
+        "dtype": cfg.dtype,
+        "world_size": ctx.world_size,
+        "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "python": sys.version.split()[0],
+        "neurohw": __version__,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if ctx.is_main:
+        write_text(run.summary, json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def _progress(total: int, desc: str, enabled: bool):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=None)

@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from neurohw.config import NetConfig
+from neurohw.dynamics import relax
+from neurohw.errors import ConfigError, DivergenceError
+from neurohw.gdu import bptt_gradients
+from neurohw.learning import BP, BPTT, CEP, CVF, EP, set_initial_angle, weight_angles_deg
+from neurohw.learning.base import BetaSampler
+from neurohw.learning.cep import vf_updates
+from neurohw.nets.build import build_net
+from neurohw.nets.layered import build_fc
+from tests.conftest import max_abs_diff
+
+
+def small_net(activation="identity", hidden=(8, 6), gain=0.5, cost="mse", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    net = build_net(NetConfig(hidden=hidden, activation=activation, cost=cost, init_gains=(gain,)), (1, 3, 3), 4, generator=g)
+    net = net.double()
+    x = torch.rand(5, 9, generator=g, dtype=torch.float64)
+    y = torch.nn.functional.one_hot(torch.arange(5) % 4, 4).double()
+    return net, x, y
+
+
+def test_relax_equals_repeated_steps():
+    net, x, y = small_net("sigmoid4")
+    with torch.no_grad():
+        xd = net.input_drive(x)
+        s = net.init_state(x)
+        manual = s
+        for _ in range(12):
+            manual = net.step(xd, manual, y, 0.3)
+        assert max_abs_diff(relax(net, xd, s, 12, y, 0.3), manual) < 1e-12
+
+
+def test_divergence_names_layer_and_step():
+    net = build_fc([4, 6, 3], "identity", generator=torch.Generator().manual_seed(0), gains=[80.0])
+    x = torch.ones(2, 4)
+    with torch.no_grad(), pytest.raises(DivergenceError) as e:
+        relax(net, net.input_drive(x), net.init_state(x), 400, phase="free")
+    msg = str(e.value)
+    assert "free phase" in msg and "at step" in msg and "layer" in msg
+    step = int(msg.split("at step ")[1].split()[0])
+    with torch.no_grad():  # the step named is the first one with a non-finite value
+        s = relax(net, net.input_drive(x), net.init_state(x), step - 1, check=False)
+        assert all(bool(torch.isfinite(t).all()) for t in s)
+    with torch.no_grad(), pytest.raises(DivergenceError, match="layer 1"):
+        bad = torch.full((2, 4), math.nan)
+        relax(net, net.input_drive(bad), net.init_state(bad), 3)
+
+
+def test_bp_gradient_of_a_linear_layer_in_closed_form():
+    net = build_fc([6, 3], "identity", generator=torch.Generator().manual_seed(0)).double()
+    x = torch.rand(4, 6, dtype=torch.float64)
+    y = torch.eye(3, dtype=torch.float64)[[0, 1, 2, 0]]
+    BP().step(net, x, y, lambda: None)
+    err = x @ net.layers[0].weight.T + net.layers[0].bias - y  # ∂(mean ½‖s − y‖²)/∂s
+    assert torch.allclose(net.layers[0].weight.grad, err.T @ x / 4, atol=1e-14)
+    assert torch.allclose(net.layers[0].bias.grad, err.mean(0), atol=1e-14)
+
+
+def test_bptt_learner_equals_the_sum_of_per_step_gradients():
+    """Two independent BPTT implementations: plain autograd through the loop (the learner) and one
+    parameter copy per step (the GDU check); the total gradient is the sum over steps."""
+    net, x, y = small_net("tanh", gain=0.8)
+    T = 15
+    BPTT(T).step(net, x, y, lambda: None)
+    _, per_step = bptt_gradients(net, x, y, T, T)
+    total = [-sum(step[i] for step in per_step) / x.shape[0] for i in range(len(net.param_list()))]
+    assert max_abs_diff([p.grad for p in net.param_list()], total) < 1e-12
+    BPTT(T, T_backprop=4).step(net, x, y, lambda: None)
+    _, last4 = bptt_gradients(net, x, y, T, 4)
+    total4 = [-sum(step[i] for step in last4) / x.shape[0] for i in range(len(net.param_list()))]
+    assert max_abs_diff([p.grad for p in net.param_list()], total4) < 1e-12
+
+
+def test_ep_gradient_approximates_truncated_bptt():
+    """The training-time form of the GDU property: EP's .grad ≈ BPTT's through the last T_nudge steps."""
+    net, x, y = small_net("identity")
+    EP(1e-4, 200, 8).step(net, x, y, lambda: None)
+    ep = [p.grad.clone() for p in net.param_list()]
+    BPTT(200, T_backprop=8).step(net, x, y, lambda: None)
+    bptt = [p.grad for p in net.param_list()]
+    scale = max(float(g.abs().max()) for g in bptt)
+    assert max_abs_diff(ep, bptt) / scale < 1e-3
+
+
+def test_vf_update_is_post_change_times_pre_activity():
+    g = torch.Generator().manual_seed(0)
+    net = build_net(NetConfig(hidden=(3,), activation="tanh"), (1, 2, 2), 2, untied=True, generator=g).double()
+    x = torch.rand(2, 4, generator=g, dtype=torch.float64)
+    s = [torch.rand(2, 3, generator=g, dtype=torch.float64), torch.rand(2, 2, generator=g, dtype=torch.float64)]
+    s_next = [torch.rand(2, 3, generator=g, dtype=torch.float64), torch.rand(2, 2, generator=g, dtype=torch.float64)]
+    W0, b0, W1, b1, Wb1 = vf_updates(net, x, s, s_next)
+    for i in range(3):
+        for j in range(4):  # synapse x_j → s_1,i
+            assert math.isclose(W0[i, j], sum((s_next[0][b, i] - s[0][b, i]) * x[b, j] for b in range(2)), abs_tol=1e-14)
+    for i in range(2):
+        for j in range(3):  # forward synapse s_1,j → s_2,i and feedback synapse s_2,i → s_1,j
+            assert math.isclose(W1[i, j], sum((s_next[1][b, i] - s[1][b, i]) * s[0][b, j] for b in range(2)), abs_tol=1e-14)
+            assert math.isclose(Wb1[i, j], sum((s_next[0][b, j] - s[0][b, j]) * s[1][b, i] for b in range(2)), abs_tol=1e-14)
+    assert torch.allclose(b1, (s_next[1] - s[1]).sum(0))
+
+
+@pytest.mark.parametrize("psi", [0.0, 45.0, 90.0, 135.0])
+def test_initial_feedback_angle(psi):
+    g = torch.Generator().manual_seed(0)
+    net = build_net(NetConfig(hidden=(300,)), (1, 10, 10), 200, untied=True, generator=g)
+    set_initial_angle(net, psi, g)
+    (angle,) = weight_angles_deg(net)
+    assert abs(angle - psi) < 2.0  # 60,000 sign flips: the angle's spread is ≈ 0.2°
+    with pytest.raises(ConfigError, match="psi_deg"):
+        set_initial_angle(net, 200.0, g)
+
+
+def test_cvf_learns_with_untied_weights_and_keeps_them_apart():
+    g = torch.Generator().manual_seed(1)
+    net = build_net(NetConfig(hidden=(10,), activation="sigmoid4"), (1, 3, 3), 4, untied=True, generator=g).double()
+    x = torch.rand(5, 9, generator=g, dtype=torch.float64)
+    y = torch.nn.functional.one_hot(torch.arange(5) % 4, 4).double()
+    set_initial_angle(net, 30.0, g)
+    opt = torch.optim.SGD(net.parameters(), lr=0.2)
+    learner = CVF(0.5, 20, 5)
+    losses = [float(learner.step(net, x, y, opt.step)["loss"]) for _ in range(100)]
+    assert losses[-1] < 0.75 * losses[0]  # measured 0.44 → 0.29; a sign error makes it grow
+    assert weight_angles_deg(net)[0] > 1.0  # the feedback weights are not tied to the forward ones
+
+
+def test_cep_refuses_untied_and_estimators_are_checked():
+    g = torch.Generator().manual_seed(0)
+    net = build_net(NetConfig(hidden=(4,)), (1, 2, 2), 2, untied=True, generator=g)
+    with pytest.raises(ConfigError, match="tied"):
+        CEP(0.1, 3, 2).step(net, torch.rand(1, 4), torch.eye(2)[:1], lambda: None)
+    with pytest.raises(ConfigError, match="symmetric"):
+        CEP(0.1, 3, 2, "symmetric")
+    with pytest.raises(ConfigError, match="cost"):
+        build_net(NetConfig(hidden=(4,), cost="ce_readout"), (1, 2, 2), 2, untied=True)
+    with pytest.raises(ConfigError, match="fc"):
+        build_net(NetConfig(architecture="conv", channels=(2,), kernel_sizes=(2,)), (1, 6, 6), 2, untied=True)
+
+
+def test_random_sign_is_seeded_and_resumable():
+    a = BetaSampler(0.5, "random-sign", seed=7)
+    draws = [a.draw() for _ in range(40)]
+    assert {d[1] for d in draws} == {0.5, -0.5} and all(d[0] == 0.0 for d in draws)
+    state = a.state_dict()
+    nxt = [a.draw() for _ in range(5)]
+    b = BetaSampler(0.5, "random-sign", seed=7)
+    assert [b.draw() for _ in range(40)] == draws
+    b.load_state_dict(state)
+    assert [b.draw() for _ in range(5)] == nxt
+    assert BetaSampler(0.5, "symmetric", 0).draw() == (-0.5, 0.5)
+
+
+def test_wrong_batch_shapes_are_named():
+    net, x, y = small_net()
+    with pytest.raises(ConfigError, match=r"input batch of shape \(5, 8\).*\(batch, 9\)"):
+        EP(0.1, 3, 2).step(net, x[:, :8], y, lambda: None)
+    with pytest.raises(ConfigError, match="target batch"):
+        BPTT(3).step(net, x, y[:, :3], lambda: None)
+    with pytest.raises(ConfigError, match="input batch"):
+        EP(0.1, 3, 2).predict(net, x[:, :8])
