@@ -228,7 +228,7 @@ def write_h5(result: GDUResult, path: str | Path) -> None:
 
 
 def plot(result: GDUResult, path: str | Path, n_curves: int = 3) -> None:
-    """EP (solid) and BPTT (dashed) updates through time for a few neurons and synapses per layer."""
+    """EP (lines) and BPTT (circles) updates through time for a few neurons and synapses per layer."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -244,11 +244,11 @@ def plot(result: GDUResult, path: str | Path, n_curves: int = 3) -> None:
             ax = axes[row][n]
             ep, bp = result.ep[key], result.bptt[key]
             flat_ep, flat_bp = ep.reshape(len(t), -1), bp.reshape(len(t), -1)
-            picks = np.argsort(-np.abs(flat_bp[0]))[:n_curves]
+            picks = np.argsort(-np.abs(flat_bp).max(0))[:n_curves]  # the entries with the largest updates
             for j, i in enumerate(picks):
                 color = f"C{j}"
                 ax.plot(t, flat_ep[:, i], "-", color=color, label="EP" if j == 0 else None)
-                ax.plot(t, flat_bp[:, i], "--", color=color, label="BPTT" if j == 0 else None)
+                ax.plot(t, flat_bp[:, i], "o", color=color, markersize=3.5, mfc="none", label="BPTT" if j == 0 else None)
             ax.set_title(f"{label}: rel. error {result.relative_errors()[key]:.2e}", fontsize=9)
             ax.set_xlabel("t (nudged step)")
             ax.legend(fontsize=8)

@@ -13,6 +13,13 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 
+def _file_mode() -> int:
+    """The mode a newly created file gets under the process umask (mkstemp makes 0600 files)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success it is renamed onto `path`, else removed."""
@@ -20,6 +27,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
+    os.chmod(tmp, _file_mode())
     try:
         yield Path(tmp)
         os.replace(tmp, path)

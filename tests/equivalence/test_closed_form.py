@@ -12,7 +12,7 @@ import torch
 
 from neurohw.config import NetConfig
 from neurohw.core.activations import ACTIVATIONS
-from neurohw.dynamics import step_autograd
+from neurohw.dynamics import relax, step_autograd
 from neurohw.nets.build import build_net
 from tests.conftest import max_abs_diff
 
@@ -118,3 +118,25 @@ def test_untied_fast_path_equals_step(nudge):
         # and the feedback really uses weight_backward: s_1 sees W^b_1, not W_1
         a = net.layers[1].weight_backward.T @ state[1][0] + xd[0]
         assert torch.allclose(net.step(xd, state)[0][0], net.activation(a), atol=TOL)
+
+
+@pytest.mark.parametrize("hidden", [(), (6,), (6, 5), (6, 5, 4, 3)])
+@pytest.mark.parametrize("untied", [False, True])
+def test_free_phase_as_two_chains_equals_step_by_step(hidden, untied):
+    """relax() runs dense free phases as two interleaved chains; same numbers as T single steps."""
+    from neurohw.learning.cep import set_initial_angle
+
+    g = torch.Generator().manual_seed(1)
+    net = build_net(NetConfig(hidden=hidden, activation="sigmoid4"), (1, 3, 3), 4, untied=untied, generator=g).double()
+    if untied:
+        set_initial_angle(net, 50.0, g)
+    x = torch.rand(3, 9, generator=g, dtype=torch.float64)
+    start = [torch.rand(3, *s, generator=g, dtype=torch.float64) for s in net.state_shapes]
+    with torch.no_grad():
+        xd = net.input_drive(x)
+        for steps in (1, 2, 3, 8, 31):
+            s = start
+            for _ in range(steps):
+                s = net.step(xd, s)
+            assert max_abs_diff(net.relax_free_checkerboard(xd, start, steps), s) < TOL
+            assert max_abs_diff(relax(net, xd, start, steps), s) < TOL

@@ -35,6 +35,9 @@ def run_card(card: str, out: Path, overrides: list[str], splits=None) -> dict:
         ("mnist_cep_fc1", []),
         ("mnist_cvf_fc1", []),
         ("mnist_ep_conv", ["learner.T_free=20", "learner.T_nudge=4"]),
+        ("mnist_ep_fc1", ["learner.estimator=symmetric", "net.cost=ce_readout", "net.hidden=[64, 32]", "train.lrs=[0.05]"]),
+        ("mnist_ep_fc1", ["learner.algorithm=bptt", "learner.T_backprop=10"]),
+        ("mnist_ep_fc1", ["learner.algorithm=bp", "train.optimizer=adam", "train.lrs=[0.001]"]),
     ],
 )
 def test_every_mnist_card_runs_a_few_batches(card, extra, tmp_path, mnist_small):
