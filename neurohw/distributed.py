@@ -32,9 +32,12 @@ class DistContext:
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
             return cls()
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if device_type == "cuda":
+            torch.cuda.set_device(local_rank)  # NCCL's buffers on this process's GPU
         if not dist.is_initialized():
             dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+        return cls(dist.get_rank(), dist.get_world_size(), local_rank)
 
     def shard(self, batch: int) -> slice:
         """This process's part of a global batch of `batch` samples."""

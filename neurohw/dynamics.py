@@ -52,7 +52,7 @@ def relax(
     (`LayeredNet.relax_free_checkerboard`, half the tensor operations); other phases step by step.
     """
     advance = net.make_stepper(x_drive, y, beta)
-    if beta == 0.0 and net._all_dense and not torch.is_grad_enabled():
+    if beta == 0.0 and net.all_dense and not torch.is_grad_enabled():
         s = net.relax_free_checkerboard(x_drive, state, steps)
     else:
         s = state

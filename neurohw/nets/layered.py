@@ -71,7 +71,7 @@ class LayeredNet(nn.Module):
         if cost == "ce_readout" and not isinstance(layers[-1], Dense):
             raise ConfigError("the ce_readout cost needs a dense readout layer last")
         self.symmetric = all(getattr(l, "weight_backward", None) is None for l in layers)
-        self._all_dense = all(isinstance(l, Dense) for l in layers)
+        self.all_dense = all(isinstance(l, Dense) for l in layers)
         if not self.symmetric and cost != "mse":
             raise ConfigError("untied feedback weights (C-VF) are implemented for net.cost = 'mse' only")
 
@@ -189,7 +189,7 @@ class LayeredNet(nn.Module):
         nudge inside ρ), so a step is one `addmm` per connection direction, the nudge, and g in
         place per layer. Other nets (conv layers, or grad enabled) use `step`.
         """
-        if torch.is_grad_enabled() or not self._all_dense:
+        if torch.is_grad_enabled() or not self.all_dense:
             return lambda state: self.step(x_drive, state, y, beta)
         plan = _DensePlan(self, x_drive)
         n, k, g = self.n_states, plan.k, plan.g
@@ -235,7 +235,7 @@ class LayeredNet(nn.Module):
         result equals `steps` calls of the stepper (tested); layers with i ≡ steps (mod 2) come
         from chain A, the others from chain B.
         """
-        if torch.is_grad_enabled() or not self._all_dense:
+        if torch.is_grad_enabled() or not self.all_dense:
             raise ValueError("relax_free_checkerboard needs an all-dense net and no autograd")
         plan = _DensePlan(self, x_drive)
         n, b, g = self.n_states, x_drive.shape[0], plan.g

@@ -207,3 +207,9 @@ def test_torchrun_two_processes_equal_one(tmp_path):
     mb = json.loads((tmp_path / "one" / "metrics.jsonl").read_text())
     assert ma["val_error"] == mb["val_error"] and ma["test_error"] == mb["test_error"]
     assert json.loads((tmp_path / "ddp" / "summary.json").read_text())["world_size"] == 2
+
+
+def test_early_stopping_on_validation(tmp_path, mnist_small):
+    """With a zero learning rate the validation error never improves: patience 1 stops after epoch 2."""
+    summary = run_card("mnist_ep_fc1", tmp_path, SMALL + ["train.epochs=5", "train.lrs=[0.0]", "train.patience=1"], mnist_small)
+    assert summary["epochs"] == 2 and summary["best_epoch"] == 1
