@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh CPU-only machine (no internet but the package registries):
-#   make demo   creates .venv, trains the default card (mnist_ep_fc1) for one epoch, prints the test error
+#   make demo   creates .venv, trains the default card (mnist_ep_fc1) for one epoch, prints the test error,
+#               exports the net mapped onto a ReRAM-like device profile and prints its summary
 #   make test   creates .venv, runs the tests
 PYTHON ?= python3
 VENV   := .venv
@@ -25,6 +26,7 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m neurohw train models/mnist_ep_fc1.toml train.epochs=1 --out runs/demo --overwrite
+	$(PY) -m neurohw export runs/demo --device sims/reram_64levels.toml --out runs/demo/network.h5
 
 test: $(STAMP)
 	$(PY) -m pytest -q

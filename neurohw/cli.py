@@ -1,4 +1,5 @@
-"""Command line: `neurohw train | gdu | bench | keys` (also `python -m neurohw`, and under torchrun).
+"""Command line: `neurohw train | gdu | bench | export | inspect | validate | import-conductances | keys`
+(also `python -m neurohw`, and under torchrun).
 
 Errors that neurohw raises on bad input are printed as one line `neurohw: error: …` with exit
 status 2; anything else is a bug and keeps its traceback.
@@ -74,6 +75,41 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from neurohw.export import export_run, inspect_text
+
+    out = export_run(args.run, args.out, args.device)
+    print(f"wrote {out}")
+    print(inspect_text(out))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from neurohw.export import inspect_text
+
+    print(inspect_text(args.file))
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from neurohw.io.hdf5 import load_spec
+
+    spec = load_spec(args.file)
+    print(f"{args.file}: valid neurohw network file (format version 1, {len(spec.layers)} layers, checksums match)")
+    return 0
+
+
+def cmd_import_conductances(args: argparse.Namespace) -> int:
+    from neurohw.devices.mapping import import_conductances, read_measured
+    from neurohw.io.hdf5 import load_spec, save_spec
+
+    spec = load_spec(args.file)
+    spec = import_conductances(spec, read_measured(args.measured), str(args.measured))
+    out = save_spec(spec, args.out or args.file)
+    print(f"wrote {out}: conductances from {args.measured}, effective weights recomputed")
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from neurohw.config import describe
 
@@ -108,6 +144,26 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--data-dir", help="dataset folder")
     b.add_argument("--json", help="write the figures to this JSON file")
     b.set_defaults(func=cmd_bench)
+
+    e = sub.add_parser("export", help="write a run's network to HDF5 (optionally mapped onto a device profile)")
+    e.add_argument("run", help="run directory (runs/<id>)")
+    e.add_argument("--device", help="device profile TOML (sims/<profile>.toml): conductance mapping")
+    e.add_argument("--out", help="HDF5 file to write (default <run>/network.h5)")
+    e.set_defaults(func=cmd_export)
+
+    i = sub.add_parser("inspect", help="human-readable summary of a network file")
+    i.add_argument("file")
+    i.set_defaults(func=cmd_inspect)
+
+    v = sub.add_parser("validate", help="check a network file's schema and checksums (exit status 2 if invalid)")
+    v.add_argument("file")
+    v.set_defaults(func=cmd_validate)
+
+    m = sub.add_parser("import-conductances", help="replace g± by measured conductances and recompute the weights")
+    m.add_argument("file", help="network file with a device mapping")
+    m.add_argument("measured", help=".npz or .h5 with layers/NN/g_plus_uS and layers/NN/g_minus_uS")
+    m.add_argument("--out", help="write here instead of replacing FILE")
+    m.set_defaults(func=cmd_import_conductances)
 
     k = sub.add_parser("keys", help="list every config key with its default and meaning")
     k.set_defaults(func=cmd_keys)

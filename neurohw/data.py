@@ -248,16 +248,17 @@ class Preprocess:
     def __init__(self, info: DatasetInfo, input_shape: tuple[int, ...], device: torch.device, dtype: torch.dtype):
         c = info.input_shape[0]
         self.mean = torch.tensor(info.mean, device=device, dtype=dtype).view(1, c, 1, 1)
-        self.inv_std = 1.0 / torch.tensor(info.std, device=device, dtype=dtype).view(1, c, 1, 1)
+        self.std = torch.tensor(info.std, device=device, dtype=dtype).view(1, c, 1, 1)
         self.input_shape, self.dtype = tuple(input_shape), dtype
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        x = (images.to(self.dtype) / 255.0 - self.mean) * self.inv_std
+        x = self.float_images(images)
         return x.reshape(x.shape[0], *self.input_shape)
 
     def float_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Normalised images, still (B, C, H, W) (before augmentation)."""
-        return (images.to(self.dtype) / 255.0 - self.mean) * self.inv_std
+        """Normalised images, still (B, C, H, W) (before augmentation); the same operations, in the
+        same order, as NetworkSpec.preprocess, so that exported nets see bit-identical inputs."""
+        return (images.to(self.dtype) / 255.0 - self.mean) / self.std
 
 
 @dataclass

@@ -25,3 +25,7 @@ class CheckpointError(NeurohwError):
 
 class DivergenceError(NeurohwError, FloatingPointError):
     """The state of a layer became non-finite (names the layer, the phase and the step)."""
+
+
+class SpecError(NeurohwError):
+    """An exported network file is missing, damaged or invalid (names the file and the dataset)."""
