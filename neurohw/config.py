@@ -277,17 +277,20 @@ def apply_overrides(table: dict[str, Any], overrides: list[str], cls: type = Non
     return out
 
 
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """The table of a TOML file; ConfigError names the file (`what`: "model card", "device profile")."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{what} '{path}' does not exist") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{what} '{path}' is not valid TOML: {e}") from None
+
+
 def load_config(card: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """The RunConfig of a TOML card (or the defaults) with `key=value` overrides applied."""
-    table: dict[str, Any] = {}
-    if card is not None:
-        path = Path(card)
-        try:
-            table = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"model card '{path}' does not exist") from None
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"model card '{path}' is not valid TOML: {e}") from None
+    table = read_toml(card, "model card") if card is not None else {}
     try:
         return from_dict(apply_overrides(table, list(overrides)))
     except ConfigError as e:

@@ -13,13 +13,12 @@ generator seeded by the profile. The effective weight is W = (g+ − g−)/scale
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from neurohw.config import build_dataclass
+from neurohw.config import build_dataclass, read_toml
 from neurohw.errors import ConfigError
 from neurohw.spec import ConductanceSpec, DeviceSpec, NetworkSpec
 
@@ -46,13 +45,7 @@ class DeviceProfile:
 
 def load_profile(path: str | Path) -> DeviceProfile:
     """The [device] table of a profile TOML (sims/*.toml); errors name the file and the key."""
-    path = Path(path)
-    try:
-        table = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"device profile '{path}' does not exist") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"device profile '{path}' is not valid TOML: {e}") from None
+    table = read_toml(path, "device profile")
     if "device" not in table:
         raise ConfigError(f"device profile '{path}' has no [device] table")
     try:
