@@ -29,7 +29,7 @@ from neurohw import __version__
 from neurohw.config import RunConfig, to_dict, to_toml
 from neurohw.data import Preprocess, Splits, augment, draw_augment, limit_splits, load_splits, one_hot
 from neurohw.distributed import DistContext
-from neurohw.errors import CheckpointError, ConfigError
+from neurohw.errors import CheckpointError, ConfigError, DivergenceError
 from neurohw.io.atomic import write_text, write_with
 from neurohw.learning import Learner, build_learner, set_initial_angle, weight_angles_deg
 from neurohw.nets.build import build_net
@@ -171,6 +171,191 @@ def _prepare_run_dir(run: RunDir, resume: bool, overwrite: bool) -> None:
 
 
 # --------------------------------------------------------------------------------------- train
+class Trainer:
+    """One training run: set-up (or resume), epochs, checkpoints, summary. `train()` drives it."""
+
+    def __init__(self, cfg: RunConfig, out: str | Path, *, resume: bool, overwrite: bool, data_dir, splits, progress: bool, log):
+        self.cfg = cfg
+        want = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
+        self.ctx = ctx = DistContext.from_env(want)
+        self.device = resolve_device(cfg.device, ctx.local_rank)
+        self.dtype = getattr(torch, cfg.dtype)
+        self.run = RunDir(out)
+        if cfg.train.batch_size % ctx.world_size:
+            raise ConfigError(f"train.batch_size = {cfg.train.batch_size} is not divisible by the {ctx.world_size} processes")
+        if ctx.is_main:
+            _prepare_run_dir(self.run, resume, overwrite)
+        ctx.barrier()
+        self.say = log if (log is not None and ctx.is_main) else (lambda _: None)
+        self.progress = progress and ctx.is_main
+
+        if splits is None:
+            splits = load_splits(cfg.data, data_dir)
+        else:  # given splits (tests, notebooks) obey the same limits as loaded ones
+            splits = limit_splits(splits, cfg.data.limit_train, cfg.data.limit_eval)
+        self.info = splits.info
+        self.train_split, self.val_split, self.test_split = (s.to(self.device) for s in (splits.train, splits.val, splits.test))
+        self.net = build_model(cfg, self.info.input_shape, self.info.n_classes).to(device=self.device, dtype=self.dtype)
+        self.learner = build_learner(cfg.learner)
+        self.optimizer = build_optimizer(self.net, cfg.train)
+        self.scheduler = build_scheduler(self.optimizer, cfg.train)
+        self.params = self.net.param_list()
+        self.preprocess = Preprocess(self.info, self.net.input_shape, self.device, self.dtype)
+        self.shuffle_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
+        self.augment_gen = torch.Generator().manual_seed(cfg.train.seed + 2)
+        self.state = TrainState()
+        if resume:
+            self._resume()
+        if ctx.is_main:
+            write_text(self.run.config, to_toml(cfg))
+
+    def _resume(self) -> None:
+        ck = load_checkpoint(self.run.checkpoint, self.device)
+        diff = _config_diff(ck["config"], to_dict(self.cfg))
+        if diff:
+            raise CheckpointError(f"--resume: the config differs from the checkpoint's in {'; '.join(diff)}")
+        self.net.load_state_dict(ck["net"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(ck["scheduler"])
+        self.learner.load_state_dict(ck["learner"])
+        self.shuffle_gen.set_state(ck["generators"]["shuffle"].cpu())
+        self.augment_gen.set_state(ck["generators"]["augment"].cpu())
+        self.state = TrainState(**ck["state"])
+        if self.ctx.is_main:  # drop the lines of an epoch that never reached its checkpoint
+            write_text(self.run.metrics, "".join(json.dumps(line) + "\n" for line in self.state.history))
+        self.say(f"resumed '{self.run.root}' after epoch {self.state.epoch}")
+
+    def _apply(self) -> None:
+        self.ctx.average_grads(self.params)
+        self.optimizer.step()
+
+    def train_epoch(self, epoch: int) -> tuple[float, float, int]:
+        """One pass over the training split: (mean loss, error rate, samples) of the global batches."""
+        cfg, ctx, split = self.cfg, self.ctx, self.train_split
+        batch, n_train = cfg.train.batch_size, len(split)
+        n_batches = n_train // batch
+        if n_batches == 0:
+            raise ConfigError(f"train.batch_size = {batch} exceeds the {n_train} training samples")
+        shard = ctx.shard(batch)
+        perm = torch.randperm(n_train, generator=self.shuffle_gen)[: n_batches * batch].view(n_batches, batch)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        bar = _progress(n_batches, f"epoch {epoch + 1}/{cfg.train.epochs}", self.progress)
+        for b in range(n_batches):
+            idx = perm[b, shard].to(self.device)
+            x4 = self.preprocess.float_images(split.images[idx])
+            if cfg.data.augment:
+                draw = draw_augment(batch, cfg.data.crop_padding, self.augment_gen)[shard]
+                x4 = augment(x4, cfg.data.crop_padding, draw)
+            x = x4.reshape(x4.shape[0], *self.net.input_shape)
+            y = one_hot(split.labels[idx], self.info.n_classes, self.dtype)
+            stats = self.learner.step(self.net, x, y, self._apply)
+            loss_sum += stats["loss"] * x.shape[0]
+            correct += stats["correct"]
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        n_seen = n_batches * batch
+        train_loss = float(ctx.sum(loss_sum)) / n_seen
+        if not math.isfinite(train_loss):
+            raise DivergenceError(f"epoch {epoch + 1}: the training loss is {train_loss}; lower the learning rates")
+        return train_loss, 1.0 - float(ctx.sum(correct)) / n_seen, n_seen
+
+    def save(self, epoch: int, line: dict[str, Any], improved: bool) -> None:
+        """Append the epoch's metrics line; write best.pt if improved and the checkpoint (atomically)."""
+        if not self.ctx.is_main:
+            return
+        with open(self.run.metrics, "a") as f:
+            f.write(json.dumps(line) + "\n")
+        net_state = self.net.state_dict()
+        if improved:
+            write_with(self.run.best, lambda f: torch.save({"epoch": epoch + 1, "net": net_state}, f))
+        checkpoint = {
+            "format": CHECKPOINT_FORMAT,
+            "version": CHECKPOINT_VERSION,
+            "neurohw_version": __version__,
+            "config": to_dict(self.cfg),
+            "epoch": epoch + 1,
+            "net": net_state,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "learner": self.learner.state_dict(),
+            "generators": {"shuffle": self.shuffle_gen.get_state(), "augment": self.augment_gen.get_state()},
+            "state": {k: getattr(self.state, k) for k in ("epoch", "best_val", "best_epoch", "best_test", "history")},
+        }
+        write_with(self.run.checkpoint, lambda f: torch.save(checkpoint, f))
+
+    def fit(self) -> dict[str, Any]:
+        cfg, state = self.cfg, self.state
+        wall_start = time.perf_counter()
+        for epoch in range(state.epoch, cfg.train.epochs):
+            t0 = time.perf_counter()
+            train_loss, train_error, n_seen = self.train_epoch(epoch)
+            train_wall = time.perf_counter() - t0
+            ev = lambda split: evaluate(self.learner, self.net, split, self.preprocess, cfg.train.eval_batch_size, self.ctx)
+            val_error = ev(self.val_split) if len(self.val_split) else math.nan
+            test_error = ev(self.test_split)
+            lrs = [g["lr"] for g in self.optimizer.param_groups]
+            if self.scheduler is not None and epoch < (cfg.train.cosine_epochs or cfg.train.epochs):
+                self.scheduler.step()
+            line = {
+                "epoch": epoch + 1,
+                "train_error": train_error,
+                "train_loss": train_loss,
+                "val_error": val_error,
+                "test_error": test_error,
+                "wall_s": time.perf_counter() - t0,
+                "samples_per_s": n_seen / train_wall,
+                "lrs": lrs,
+            }
+            if not self.net.symmetric:
+                line["weight_angles_deg"] = weight_angles_deg(self.net)
+            state.epoch = epoch + 1
+            state.history.append(line)
+            improved = not (val_error >= state.best_val)  # NaN val (val_size = 0) selects the last epoch
+            if improved:
+                state.best_val, state.best_epoch, state.best_test = val_error, epoch + 1, test_error
+            self.save(epoch, line, improved)
+            self.say(
+                f"epoch {epoch + 1:3d}/{cfg.train.epochs}  train {100 * train_error:6.2f} %  val {100 * val_error:6.2f} %  "
+                f"test {100 * test_error:6.2f} %  {line['wall_s']:7.1f} s  {line['samples_per_s']:8.0f} samples/s"
+            )
+            stale = state.epoch - state.best_epoch  # epochs since the best validation error
+            if cfg.train.patience and stale >= cfg.train.patience:
+                self.say(f"early stop: no better validation error for {stale} epochs")
+                break
+        return self.summary(time.perf_counter() - wall_start)
+
+    def summary(self, wall_s: float) -> dict[str, Any]:
+        cfg, state = self.cfg, self.state
+        summary = {
+            "run": str(self.run.root),
+            "algorithm": cfg.learner.algorithm,
+            "estimator": cfg.learner.estimator if cfg.learner.algorithm in ("ep", "cep", "cvf") else None,
+            "epochs": state.epoch,
+            "best_epoch": state.best_epoch,
+            "val_error": state.best_val,
+            "test_error": state.best_test,
+            "final": state.history[-1] if state.history else None,
+            "wall_s_this_session": wall_s,
+            "wall_s_total": sum(h["wall_s"] for h in state.history),
+            "device": str(self.device),
+            "dtype": cfg.dtype,
+            "world_size": self.ctx.world_size,
+            "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "python": sys.version.split()[0],
+            "neurohw": __version__,
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if self.ctx.is_main:
+            write_text(self.run.summary, json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
 def train(
     cfg: RunConfig,
     out: str | Path,
@@ -183,165 +368,8 @@ def train(
     log: Callable[[str], None] | None = print,
 ) -> dict[str, Any]:
     """Train `cfg` into the run directory `out`; returns the summary (also written to summary.json)."""
-    want = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
-    ctx = DistContext.from_env(want)
-    device = resolve_device(cfg.device, ctx.local_rank)
-    dtype = getattr(torch, cfg.dtype)
-    run = RunDir(Path(out))
-    if cfg.train.batch_size % ctx.world_size:
-        raise ConfigError(f"train.batch_size = {cfg.train.batch_size} is not divisible by the {ctx.world_size} processes")
-    if ctx.is_main:
-        _prepare_run_dir(run, resume, overwrite)
-    ctx.barrier()
-    say = log if (log is not None and ctx.is_main) else (lambda _: None)
-
-    if splits is None:
-        splits = load_splits(cfg.data, data_dir)
-    else:  # given splits (tests, notebooks) obey the same limits as loaded ones
-        splits = limit_splits(splits, cfg.data.limit_train, cfg.data.limit_eval)
-    train_split, val_split, test_split = (s.to(device) for s in (splits.train, splits.val, splits.test))
-    info = splits.info
-    net = build_model(cfg, info.input_shape, info.n_classes).to(device=device, dtype=dtype)
-    learner = build_learner(cfg.learner)
-    optimizer = build_optimizer(net, cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train)
-    params = net.param_list()
-    preprocess = Preprocess(info, net.input_shape, device, dtype)
-    shuffle_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
-    augment_gen = torch.Generator().manual_seed(cfg.train.seed + 2)
-    state = TrainState()
-
-    if resume:
-        ck = load_checkpoint(run.checkpoint, device)
-        diff = _config_diff(ck["config"], to_dict(cfg))
-        if diff:
-            raise CheckpointError(f"--resume: the config differs from the checkpoint's in {'; '.join(diff)}")
-        net.load_state_dict(ck["net"])
-        optimizer.load_state_dict(ck["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(ck["scheduler"])
-        learner.load_state_dict(ck["learner"])
-        shuffle_gen.set_state(ck["generators"]["shuffle"].cpu())
-        augment_gen.set_state(ck["generators"]["augment"].cpu())
-        state = TrainState(**ck["state"])
-        if ctx.is_main:  # drop the lines of an epoch that never reached its checkpoint
-            write_text(run.metrics, "".join(json.dumps(line) + "\n" for line in state.history))
-        say(f"resumed '{run.root}' after epoch {state.epoch}")
-    if ctx.is_main:
-        write_text(run.config, to_toml(cfg))
-
-    def apply() -> None:
-        ctx.average_grads(params)
-        optimizer.step()
-
-    batch, n_train = cfg.train.batch_size, len(train_split)
-    n_batches = n_train // batch
-    if n_batches == 0:
-        raise ConfigError(f"train.batch_size = {batch} exceeds the {n_train} training samples")
-    shard = ctx.shard(batch)
-    wall_start = time.perf_counter()
-    stale = 0
-    for epoch in range(state.epoch, cfg.train.epochs):
-        t0 = time.perf_counter()
-        perm = torch.randperm(n_train, generator=shuffle_gen)[: n_batches * batch].view(n_batches, batch)
-        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        bar = _progress(n_batches, f"epoch {epoch + 1}/{cfg.train.epochs}", progress and ctx.is_main)
-        for b in range(n_batches):
-            idx = perm[b, shard].to(device)
-            x4 = preprocess.float_images(train_split.images[idx])
-            if cfg.data.augment:
-                x4 = augment(x4, cfg.data.crop_padding, draw_augment(batch, cfg.data.crop_padding, augment_gen)[shard])
-            x = x4.reshape(x4.shape[0], *net.input_shape)
-            y = one_hot(train_split.labels[idx], info.n_classes, dtype)
-            stats = learner.step(net, x, y, apply)
-            loss_sum += stats["loss"] * x.shape[0]
-            correct += stats["correct"]
-            if bar is not None:
-                bar.update(1)
-        if bar is not None:
-            bar.close()
-        n_seen = n_batches * batch
-        train_loss = float(ctx.sum(loss_sum)) / n_seen
-        train_error = 1.0 - float(ctx.sum(correct)) / n_seen
-        train_wall = time.perf_counter() - t0
-        if not math.isfinite(train_loss):
-            raise CheckpointError(f"epoch {epoch + 1}: the training loss is {train_loss}; the run diverged")
-        val_error = evaluate(learner, net, val_split, preprocess, cfg.train.eval_batch_size, ctx) if len(val_split) else math.nan
-        test_error = evaluate(learner, net, test_split, preprocess, cfg.train.eval_batch_size, ctx)
-        lrs = [g["lr"] for g in optimizer.param_groups]
-        if scheduler is not None and epoch < (cfg.train.cosine_epochs or cfg.train.epochs):
-            scheduler.step()
-        line = {
-            "epoch": epoch + 1,
-            "train_error": train_error,
-            "train_loss": train_loss,
-            "val_error": val_error,
-            "test_error": test_error,
-            "wall_s": time.perf_counter() - t0,
-            "samples_per_s": n_seen / train_wall,
-            "lrs": lrs,
-        }
-        if not net.symmetric:
-            line["weight_angles_deg"] = weight_angles_deg(net)
-        state.epoch = epoch + 1
-        state.history.append(line)
-        improved = not (val_error >= state.best_val)  # NaN val (val_size = 0) selects the last epoch
-        if improved:
-            state.best_val, state.best_epoch, state.best_test = val_error, epoch + 1, test_error
-            stale = 0
-        else:
-            stale += 1
-        if ctx.is_main:
-            with open(run.metrics, "a") as f:
-                f.write(json.dumps(line) + "\n")
-            if improved:
-                write_with(run.best, lambda f: torch.save({"epoch": epoch + 1, "net": net.state_dict()}, f))
-            checkpoint = {
-                "format": CHECKPOINT_FORMAT,
-                "version": CHECKPOINT_VERSION,
-                "neurohw_version": __version__,
-                "config": to_dict(cfg),
-                "epoch": epoch + 1,
-                "net": net.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler is not None else None,
-                "learner": learner.state_dict(),
-                "generators": {"shuffle": shuffle_gen.get_state(), "augment": augment_gen.get_state()},
-                "state": {k: getattr(state, k) for k in ("epoch", "best_val", "best_epoch", "best_test", "history")},
-            }
-            write_with(run.checkpoint, lambda f: torch.save(checkpoint, f))
-        say(
-            f"epoch {epoch + 1:3d}/{cfg.train.epochs}  train {100 * train_error:6.2f} %  val {100 * val_error:6.2f} %  "
-            f"test {100 * test_error:6.2f} %  {line['wall_s']:7.1f} s  {line['samples_per_s']:8.0f} samples/s"
-        )
-        if cfg.train.patience and stale >= cfg.train.patience:
-            say(f"early stop: no better validation error for {stale} epochs")
-            break
-    summary = {
-        "run": str(run.root),
-        "algorithm": cfg.learner.algorithm,
-        "estimator": cfg.learner.estimator if cfg.learner.algorithm in ("ep", "cep", "cvf") else None,
-        "epochs": state.epoch,
-        "best_epoch": state.best_epoch,
-        "val_error": state.best_val,
-        "test_error": state.best_test,
-        "final": state.history[-1] if state.history else None,
-        "wall_s_this_session": time.perf_counter() - wall_start,
-        "wall_s_total": sum(h["wall_s"] for h in state.history),
-        "device": str(device),
-        "dtype": cfg.dtype,
-        "world_size": ctx.world_size,
-        "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "python": sys.version.split()[0],
-        "neurohw": __version__,
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    if ctx.is_main:
-        write_text(run.summary, json.dumps(summary, indent=2) + "\n")
-    return summary
+    trainer = Trainer(cfg, out, resume=resume, overwrite=overwrite, data_dir=data_dir, splits=splits, progress=progress, log=log)
+    return trainer.fit()
 
 
 def _progress(total: int, desc: str, enabled: bool):
