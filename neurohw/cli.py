@@ -32,7 +32,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from neurohw.train import train
 
     card, overrides = _split_card_and_overrides(args.items)
-    if card is None and args.resume and args.out:
+    if args.resume and not args.out:
+        raise ConfigError("--resume needs --out, the run directory to continue")
+    if card is None and args.resume:
         card = str(Path(args.out) / "config.toml")
     if card is None:
         raise ConfigError("neurohw train needs a model card, e.g. `neurohw train models/mnist_ep_fc1.toml`")
@@ -110,6 +112,18 @@ def cmd_import_conductances(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from neurohw.simulate import format_report, simulate
+
+    report = simulate(args.file, args.substrate, args.sim, args.n, args.overrides, args.data_dir, args.engine)
+    print(format_report(report))
+    if args.out:
+        from neurohw.io.atomic import write_text
+
+        write_text(args.out, json.dumps(report, indent=2) + "\n")
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from neurohw.config import describe
 
@@ -165,13 +179,31 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--out", help="write here instead of replacing FILE")
     m.set_defaults(func=cmd_import_conductances)
 
+    sm = sub.add_parser("simulate", help="run an exported network on a substrate next to the torch reference")
+    sm.add_argument("file", help="network file (neurohw export)")
+    sm.add_argument("overrides", nargs="*", metavar="key=value", help="scenario overrides, e.g. peripherals.adc_bits=6")
+    sm.add_argument("--substrate", default="analog", help="torch | analog (default analog)")
+    sm.add_argument("--sim", help="scenario card sims/<scenario>.toml (default: ideal)")
+    sm.add_argument("--n", type=int, default=1000, help="test images (0: all)")
+    sm.add_argument("--engine", default="kernel", help="analog: kernel (numba) | twin (numpy)")
+    sm.add_argument("--data-dir", help="dataset folder")
+    sm.add_argument("--out", help="report.json to write")
+    sm.set_defaults(func=cmd_simulate)
+
     k = sub.add_parser("keys", help="list every config key with its default and meaning")
     k.set_defaults(func=cmd_keys)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # key=value overrides may also follow the options (`neurohw train CARD --out DIR train.epochs=1`)
+    target = "items" if hasattr(args, "items") else "overrides" if hasattr(args, "overrides") else None
+    if extra and (target is None or any("=" not in e or e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        setattr(args, target, list(getattr(args, target)) + extra)
     try:
         return args.func(args)
     except NeurohwError as e:

@@ -261,9 +261,12 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(table: dict[str, Any], overrides: list[str], cls: type = None) -> dict[str, Any]:
-    """`table` (plain TOML data, not modified) with the `key=value` overrides applied."""
-    keys = valid_keys(cls)
+def apply_overrides(
+    table: dict[str, Any], overrides: list[str], cls: type = None, keys: list[str] | None = None
+) -> dict[str, Any]:
+    """`table` (plain TOML data, not modified) with the `key=value` overrides applied; the valid
+    keys are those of the dataclass `cls` (default RunConfig) unless given."""
+    keys = valid_keys(cls) if keys is None else keys
     out = json.loads(json.dumps(table))  # deep copy
     for item in overrides:
         path, value = parse_override(item)

@@ -16,6 +16,7 @@ class Trace:
     """What a substrate returns for a batch: the output scores after the free phase."""
 
     outputs: np.ndarray  # (B, n_outputs)
+    steps: np.ndarray | None = None  # integration steps until each sample settled (continuous-time substrates)
 
     @property
     def predictions(self) -> np.ndarray:

@@ -1,0 +1,108 @@
+"""`neurohw simulate FILE.h5 --substrate torch|analog [--sim sims/<scenario>.toml] [--n N] [--out report.json]`.
+
+Runs the exported network on a substrate over the first N test images of its dataset, next to the
+torch substrate (the reference) on the same images, and writes report.json: `accuracy`,
+`reference_accuracy`, `agreement` (fraction of equal predictions), `n_samples`, `wall_s`, the
+settling time (continuous-time substrates), conductance statistics and the scenario.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+import tomllib
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from neurohw.data import load_raw
+from neurohw.errors import ConfigError
+from neurohw.io.hdf5 import load_spec
+from neurohw.spec import NetworkSpec
+from neurohw.substrates.torch import TorchSubstrate
+
+SUBSTRATES = ("torch", "analog")
+
+
+def dataset_of(spec: NetworkSpec) -> str:
+    """The dataset a spec was trained on (from its config), MNIST for files without one."""
+    try:
+        return tomllib.loads(spec.config_toml)["data"]["dataset"]
+    except (tomllib.TOMLDecodeError, KeyError):
+        return "mnist"
+
+
+def conductance_stats(spec: NetworkSpec) -> dict[str, Any]:
+    out = {}
+    for i, ls in enumerate(spec.layers):
+        c = ls.conductance
+        if c is not None:
+            g = np.concatenate([c.g_plus_uS.ravel(), c.g_minus_uS.ravel()])
+            out[f"{i:02d}"] = {
+                "g_min_uS": float(g.min()), "g_max_uS": float(g.max()), "g_mean_uS": float(g.mean()),
+                "stuck": int((c.stuck_mask > 0).sum()) if c.stuck_mask is not None else 0,
+            }
+    return out
+
+
+def simulate(path: str | Path, substrate: str = "analog", scenario_path: str | Path | None = None, n: int = 1000,
+             overrides: list[str] | tuple[str, ...] = (), data_dir=None, engine: str = "kernel") -> dict[str, Any]:
+    if substrate not in SUBSTRATES:
+        raise ConfigError(f"unknown substrate '{substrate}'; valid: {', '.join(SUBSTRATES)}")
+    spec = load_spec(path)
+    _, _, x_test, y_test = load_raw(dataset_of(spec), data_dir)
+    n = min(int(n), len(y_test)) if n > 0 else len(y_test)
+    images, labels = x_test[:n].numpy(), y_test[:n].numpy()
+    x = spec.preprocess(images)
+    t0 = time.perf_counter()
+    reference = TorchSubstrate().run(spec, x).predictions
+    ref_wall = time.perf_counter() - t0
+    report: dict[str, Any] = {"file": str(path), "substrate": substrate, "n_samples": n}
+    if substrate == "torch":
+        predictions, wall, extra = reference, ref_wall, {}
+    else:
+        from neurohw.substrates.analog import AnalogSubstrate, load_scenario
+
+        scenario = load_scenario(scenario_path, overrides)
+        t0 = time.perf_counter()
+        trace = AnalogSubstrate(scenario, engine).run(spec, x)
+        wall = time.perf_counter() - t0
+        predictions = trace.predictions
+        dt = scenario.substrate.dt_s
+        extra = {
+            "scenario_file": str(scenario_path) if scenario_path else None,
+            "scenario": {k: asdict(v) if v is not None else None for k, v in vars(scenario).items()},
+            "settling_time_s": {"mean": float(trace.steps.mean() * dt), "max": float(trace.steps.max() * dt)},
+            "unsettled": int((trace.steps >= scenario.substrate.max_steps).sum()),
+            "engine": engine,
+        }
+    report.update(
+        {
+            "accuracy": float((predictions == labels).mean()),
+            "reference_accuracy": float((reference == labels).mean()),
+            "agreement": float((predictions == reference).mean()),
+            "wall_s": wall,
+            "samples_per_s": n / wall if wall > 0 else None,
+            "reference_wall_s": ref_wall,
+            "conductances": conductance_stats(spec),
+            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            **extra,
+        }
+    )
+    return report
+
+
+def format_report(r: dict[str, Any]) -> str:
+    lines = [
+        f"{r['file']} on {r['substrate']}: accuracy {100 * r['accuracy']:.2f} % on {r['n_samples']} test images "
+        f"(torch reference {100 * r['reference_accuracy']:.2f} %, agreement {100 * r['agreement']:.2f} %), "
+        f"{r['wall_s']:.1f} s"
+    ]
+    if "settling_time_s" in r:
+        st = r["settling_time_s"]
+        lines.append(f"  settling time mean {st['mean'] * 1e6:.2f} µs, max {st['max'] * 1e6:.2f} µs; unsettled: {r['unsettled']}")
+    return "\n".join(lines)

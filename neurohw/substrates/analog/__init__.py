@@ -1,0 +1,51 @@
+"""The analog crossbar substrate: continuous-time leaky-integrator neurons whose every matrix-vector
+product is a crossbar read through DAC, ADC and read noise (model.py; docs/analog.md).
+
+`AnalogSubstrate(scenario, engine="kernel"|"twin").run(spec, x)` runs the free phase of a dense
+network; the numba kernel and its numpy twin compute the same numbers (tested).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from neurohw.spec import NetworkSpec
+from neurohw.substrates import Trace
+from neurohw.substrates.analog.model import Scenario, crossbars_from_spec, load_scenario
+
+ENGINES = ("kernel", "twin")
+
+
+class AnalogSubstrate:
+    name = "analog"
+
+    def __init__(self, scenario: Scenario | None = None, engine: str = "kernel"):
+        from neurohw.errors import ConfigError
+
+        if engine not in ENGINES:
+            raise ConfigError(f"unknown analog engine '{engine}'; valid: {', '.join(ENGINES)}")
+        self.scenario = scenario or Scenario()
+        self.engine = engine
+
+    def run(self, spec: NetworkSpec, x: np.ndarray, cfg=None, rng=None, first_id: int = 0) -> Trace:
+        """Free phase of the network input `x` (B, *input_shape); sample i draws its noise with the
+        counter `first_id + i`, so results do not depend on how the samples are batched."""
+        sc = self.scenario
+        cb = crossbars_from_spec(spec, sc.device)
+        if self.engine == "kernel":
+            from neurohw.substrates.analog.kernels import relax
+        else:
+            from neurohw.substrates.analog.twin import relax
+        x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+        outs, steps = [], []
+        bs = sc.substrate.batch_size
+        for i in range(0, len(x), bs):
+            ids = np.arange(first_id + i, first_id + min(i + bs, len(x)), dtype=np.int64)
+            _, st, out = relax(cb, sc.substrate, sc.peripherals, x[i : i + bs], ids)
+            outs.append(out)
+            steps.append(st)
+        empty = np.zeros((0, spec.layers[-1].out_shape[0]))
+        return Trace(np.concatenate(outs) if outs else empty, np.concatenate(steps) if steps else np.zeros(0, np.int64))
+
+
+__all__ = ["AnalogSubstrate", "Scenario", "load_scenario"]

@@ -1,0 +1,147 @@
+"""The analog substrate: numba kernel = numpy twin, the ideal crossbar = the torch substrate, bad scenarios."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from neurohw.cli import main
+from neurohw.config import NetConfig
+from neurohw.errors import ConfigError
+from neurohw.io.hdf5 import save_spec
+from neurohw.learning import set_initial_angle
+from neurohw.nets.build import build_net
+from neurohw.spec import to_spec
+from neurohw.substrates.analog import AnalogSubstrate, kernels, twin
+from neurohw.substrates.analog import rng
+from neurohw.substrates.analog.model import PeripheralConfig, Scenario, SubstrateConfig, crossbars_from_spec, load_scenario
+from neurohw.substrates.torch import TorchSubstrate
+
+META = dict(T_free=200, T_nudge=5, beta=0.1, image_shape=(1, 4, 4), input_mean=(0.0,), input_std=(1.0,))
+
+
+def small(kind="fc", activation="sigmoid4", seed=0):
+    g = torch.Generator().manual_seed(seed)
+    cfg = {
+        "fc": NetConfig(hidden=(12, 8), activation=activation),
+        "ce": NetConfig(hidden=(9,), activation=activation, cost="ce_readout"),
+        "cvf": NetConfig(hidden=(9,), activation=activation),
+    }[kind]
+    net = build_net(cfg, (1, 4, 4), 5, untied=kind == "cvf", generator=g)
+    if kind == "cvf":
+        set_initial_angle(net, 45.0, g)
+    return to_spec(net, **META)
+
+
+def test_counter_rng_matches_between_numpy_and_numba():
+    from numba import njit
+
+    @njit
+    def draw(seed, n):
+        out = np.empty((n, 2))
+        base = kernels._read_key(seed, 3, 5, 1, 2, 4)
+        for j in range(n):
+            out[j, 0], out[j, 1] = kernels._normal_pair(kernels._mix(base ^ np.uint64(j)))
+        return out
+
+    @njit
+    def keys(seed, n):
+        base = kernels._read_key(seed, 3, 5, 1, 2, 4)
+        return np.array([kernels._mix(base ^ np.uint64(j)) for j in range(n)], dtype=np.uint64)
+
+    k = rng.key(11, 3, 5, 1, 2, 4, np.arange(4096, dtype=np.uint64))
+    np.testing.assert_array_equal(keys(11, 4096), k)  # the integer streams are bit-identical
+    ours = draw(11, 4096)
+    z1, z2 = rng.normal_pair(k)
+    # log/cos/sin of numpy and of libm may differ in the last bit
+    np.testing.assert_allclose(ours[:, 0], z1, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(ours[:, 1], z2, rtol=0, atol=1e-14)
+    both = np.concatenate([z1, z2])
+    assert abs(both.mean()) < 0.05 and abs(both.std() - 1) < 0.03 and abs(np.corrcoef(z1, z2)[0, 1]) < 0.05
+
+
+PERIPHERALS = {
+    "ideal": PeripheralConfig(),
+    "noise": PeripheralConfig(w_noise=0.03, out_noise=0.01),
+    "full": PeripheralConfig(dac_bits=6, adc_bits=7, inp_bound=1.0, out_bound=2.0, w_noise=0.02, out_noise=0.01),
+}
+
+
+@pytest.mark.parametrize("kind", ["fc", "ce", "cvf"])
+@pytest.mark.parametrize("integrator", ["euler", "rk4"])
+@pytest.mark.parametrize("periph", list(PERIPHERALS))
+def test_kernel_equals_numpy_twin(kind, integrator, periph):
+    """Same inputs, same counter-based noise: the kernel's states equal the twin's to rounding
+    (the sums run in different orders; 1e-12 covers ~100 float64 accumulations of O(1) terms)."""
+    spec = small(kind, "tanh" if kind == "cvf" else "sigmoid4")
+    cb = crossbars_from_spec(spec)
+    sub = SubstrateConfig(integrator=integrator, dt_s=1e-7, t_max_s=8e-6, settle_tol=1e-5, seed=3)
+    per = PERIPHERALS[periph]
+    x = np.random.default_rng(0).random((7, 16))
+    ids = np.arange(100, 107)
+    a_states, a_steps, a_out = kernels.relax(cb, sub, per, x, ids)
+    b_states, b_steps, b_out = twin.relax(cb, sub, per, x, ids)
+    assert np.array_equal(a_steps, b_steps)
+    for a, b in zip(a_states, b_states):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(a_out, b_out, rtol=0, atol=1e-12)
+
+
+def test_noise_depends_on_the_sample_not_the_batching():
+    spec = small()
+    sc = Scenario(SubstrateConfig(t_max_s=5e-6, batch_size=3), PeripheralConfig(w_noise=0.05))
+    x = np.random.default_rng(1).random((8, 16))
+    whole = AnalogSubstrate(sc).run(spec, x).outputs
+    parts = np.concatenate([AnalogSubstrate(sc).run(spec, x[:5]).outputs, AnalogSubstrate(sc).run(spec, x[5:], first_id=5).outputs])
+    np.testing.assert_array_equal(whole, parts)
+
+
+@pytest.mark.parametrize("kind", ["fc", "ce"])
+def test_ideal_crossbar_settles_to_the_torch_fixed_point(kind):
+    """With ideal devices and a small dt the continuous-time fixed point is the discrete one: the
+    settled states agree with the torch substrate's converged free phase to the settling tolerance."""
+    spec = small(kind, "sigmoid4", seed=2)
+    x = np.random.default_rng(2).random((20, 16)).astype(np.float32)
+    ref = TorchSubstrate(dtype=torch.float64).run(spec, x).outputs
+    sc = Scenario(SubstrateConfig(integrator="rk4", dt_s=2e-7, t_max_s=2e-4, settle_tol=1e-10))
+    trace = AnalogSubstrate(sc).run(spec, x)
+    assert trace.steps.max() < sc.substrate.max_steps  # every sample settled
+    np.testing.assert_allclose(trace.outputs, ref, atol=1e-7)
+
+
+def test_bad_scenarios_fail_before_simulating(tmp_path):
+    with pytest.raises(ConfigError, match="dt_s.*too large.*euler"):
+        load_scenario(None, ["substrate.dt_s=2e-6"])
+    with pytest.raises(ConfigError, match="adc_bits"):
+        load_scenario(None, ["peripherals.adc_bits=-3"])
+    with pytest.raises(ConfigError, match="out_bound must be > 0 with an ADC"):
+        load_scenario(None, ["peripherals.adc_bits=8"])
+    with pytest.raises(ConfigError, match=r"peripherals.dac_bit.*did you mean 'peripherals.dac_bits'"):
+        load_scenario(None, ["peripherals.dac_bit=8"])
+    with pytest.raises(ConfigError, match="g_min < g_max"):
+        load_scenario(None, ["device.g_min_uS=5", "device.g_max_uS=1"])
+    card = tmp_path / "s.toml"
+    card.write_text("[substrate]\ntau = 1.0\n")
+    with pytest.raises(ConfigError, match=r"substrate.tau.*s.toml"):
+        load_scenario(card)
+    conv = to_spec(build_net(NetConfig(architecture="conv", channels=(2,), kernel_sizes=(3,), hidden=()), (1, 6, 6), 3), **META)
+    with pytest.raises(ConfigError, match="conv2d"):
+        crossbars_from_spec(conv)
+
+
+def test_simulate_writes_the_report(tmp_path, mnist_small):
+    """End to end on real MNIST images: a small trained-like net exported, simulated, reported."""
+    g = torch.Generator().manual_seed(0)
+    net = build_net(NetConfig(hidden=(20,), activation="sigmoid4"), (1, 28, 28), 10, generator=g)
+    spec = to_spec(net, T_free=60, T_nudge=5, beta=0.1, image_shape=(1, 28, 28), input_mean=(0.0,), input_std=(1.0,))
+    save_spec(spec, tmp_path / "n.h5")
+    out = tmp_path / "report.json"
+    assert main(["simulate", str(tmp_path / "n.h5"), "--sim", "sims/ideal.toml", "--n", "40", "--out", str(out),
+                 "substrate.integrator=rk4", "substrate.dt_s=2e-7", "substrate.settle_tol=1e-9"]) == 0
+    r = json.loads(out.read_text())
+    for key in ("accuracy", "reference_accuracy", "n_samples", "wall_s", "agreement", "settling_time_s", "scenario"):
+        assert key in r
+    assert r["n_samples"] == 40 and r["agreement"] == 1.0 and r["accuracy"] == r["reference_accuracy"]
