@@ -145,3 +145,46 @@ def test_simulate_writes_the_report(tmp_path, mnist_small):
     for key in ("accuracy", "reference_accuracy", "n_samples", "wall_s", "agreement", "settling_time_s", "scenario"):
         assert key in r
     assert r["n_samples"] == 40 and r["agreement"] == 1.0 and r["accuracy"] == r["reference_accuracy"]
+
+
+# ------------------------------------------------------------------------------ inference noise
+from neurohw.devices.inference import NoiseConfig, drift_nu_stats, pcm_conductances, prog_sigma_uS, read_noise_q  # noqa: E402
+from neurohw.devices.mapping import DeviceProfile  # noqa: E402
+
+
+def test_pcm_programming_noise_drift_and_read_noise_follow_the_model():
+    n = 200_000
+    g_t = np.full(n, 10.0)
+    g_hat = 10.0 / 25.0
+    only_prog = NoiseConfig(model="pcm", t_inference_s=20.0, drift=False, read_noise=False)
+    g0, _ = pcm_conductances(g_t, only_prog, np.random.default_rng(0))
+    assert abs(g0.std() / prog_sigma_uS(np.array(g_hat), only_prog.prog_coeff) - 1) < 0.01
+    drift = NoiseConfig(model="pcm", t_inference_s=86400.0, read_noise=False)
+    g0, gt = pcm_conductances(g_t, drift, np.random.default_rng(1))
+    nu = -np.log(gt / g0) / np.log(86400.0 / 20.0)
+    mu, sd = drift_nu_stats(np.array(g_hat))
+    assert abs(nu.mean() - mu) < 0.002 and abs(nu.std() - sd) < 0.002
+    read = NoiseConfig(model="pcm", t_inference_s=86400.0, drift=False)
+    g0r, gtr = pcm_conductances(g_t, read, np.random.default_rng(2))
+    sigma = g0r * read_noise_q(np.array(g_hat)) * np.sqrt(np.log((86400.0 + 250e-9) / (2 * 250e-9)))
+    assert abs((gtr - g0r).std() / sigma.mean() - 1) < 0.01
+
+
+def test_drift_compensation_restores_the_scale_and_draws_are_seeded():
+    spec = small("fc", seed=4)
+    profile = DeviceProfile()
+    drift_only = NoiseConfig(model="pcm", t_inference_s=1e6, read_noise=False, prog_coeff=(0.0, 0.0, 0.0))
+    plain = crossbars_from_spec(spec, profile)
+    comp = crossbars_from_spec(spec, profile, drift_only, seed=1)
+    raw = crossbars_from_spec(spec, profile, NoiseConfig(**{**drift_only.__dict__, "drift_compensation": False}), seed=1)
+    for w, wc, a in zip(plain.forward, comp.forward, comp.alpha):
+        shrink = np.abs(wc.sum(1)).sum() / np.abs(w.sum(1)).sum()
+        assert shrink < 0.8 and abs(a * shrink - 1) < 1e-6  # drift shrinks, α undoes it (float32 targets)
+    assert raw.alpha == [1.0] * len(raw.alpha)
+    again = crossbars_from_spec(spec, profile, drift_only, seed=1)
+    other = crossbars_from_spec(spec, profile, drift_only, seed=2)
+    assert all(np.array_equal(a, b) for a, b in zip(comp.forward, again.forward))
+    assert not all(np.array_equal(a, b) for a, b in zip(comp.forward, other.forward))
+    with pytest.raises(ConfigError, match="needs conductances"):
+        crossbars_from_spec(spec, None, drift_only)
+    assert load_scenario("sims/pcm_1day.toml").noise.t_inference_s == 86400.0

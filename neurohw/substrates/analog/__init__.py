@@ -31,7 +31,7 @@ class AnalogSubstrate:
         """Free phase of the network input `x` (B, *input_shape); sample i draws its noise with the
         counter `first_id + i`, so results do not depend on how the samples are batched."""
         sc = self.scenario
-        cb = crossbars_from_spec(spec, sc.device)
+        cb = crossbars_from_spec(spec, sc.device, sc.noise, sc.substrate.seed)
         if self.engine == "kernel":
             from neurohw.substrates.analog.kernels import relax
         else:

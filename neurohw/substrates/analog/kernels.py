@@ -121,7 +121,7 @@ def _read(w, v, transpose, buf_in, out, dac_delta, inp_bound, w_max, w_noise, ou
 
 
 @njit(cache=True)
-def _derivative(fwd, bwd, biases, w_max, sizes, offsets, act, drive0, x_norm, s, k, u, buf_in, tmp,
+def _derivative(fwd, bwd, biases, w_max, alpha, sizes, offsets, act, drive0, x_norm, s, k, u, buf_in, tmp,
                 dac_delta, inp_bound, w_noise, out_noise, adc_delta, out_bound, seed, sid, step, stage):
     """k = ρ(u) − s for every layer; returns max |k|."""
     n = sizes.shape[0]
@@ -138,15 +138,17 @@ def _derivative(fwd, bwd, biases, w_max, sizes, offsets, act, drive0, x_norm, s,
             _read(fwd[i], s[p : p + sizes[i - 1]], False, buf_in, ui, dac_delta, inp_bound, w_max[i], w_noise, out_noise,
                   adc_delta, out_bound, seed, sid, step, stage, 1, i)
         bi = biases[i]
+        ai = alpha[i]
         for j in range(m):
-            ui[j] += bi[j]
+            ui[j] = ai * ui[j] + bi[j]
         if i + 1 < n:
             q = offsets[i + 1]
             t = tmp[:m]
             _read(bwd[i + 1], s[q : q + sizes[i + 1]], True, buf_in, t, dac_delta, inp_bound, w_max[i + 1], w_noise,
                   out_noise, adc_delta, out_bound, seed, sid, step, stage, 2, i + 1)
+            a_next = alpha[i + 1]
             for j in range(m):
-                ui[j] += t[j]
+                ui[j] += a_next * t[j]
         for j in range(m):
             d = _rho(act, ui[j]) - s[a + j]
             k[a + j] = d
@@ -156,7 +158,7 @@ def _derivative(fwd, bwd, biases, w_max, sizes, offsets, act, drive0, x_norm, s,
 
 
 @njit(parallel=True, cache=True)
-def relax_kernel(x, ids, fwd, bwd, biases, w_max, sizes, act, integrator, h, max_steps, tol,
+def relax_kernel(x, ids, fwd, bwd, biases, w_max, alpha, sizes, act, integrator, h, max_steps, tol,
                  dac_delta, inp_bound, w_noise, out_noise, adc_delta, out_bound, seed):
     """Free phase of every sample (prange): returns states (B, Σn), steps (B,)."""
     b_count = x.shape[0]
@@ -190,7 +192,7 @@ def relax_kernel(x, ids, fwd, bwd, biases, w_max, sizes, act, integrator, h, max
         s2 = np.empty(total)
         done = 0
         for t in range(max_steps):
-            gap = _derivative(fwd, bwd, biases, w_max, sizes, offsets, act, drive0, x_norm, s, k1, u, buf_in, tmp,
+            gap = _derivative(fwd, bwd, biases, w_max, alpha, sizes, offsets, act, drive0, x_norm, s, k1, u, buf_in, tmp,
                               dac_delta, inp_bound, w_noise, out_noise, adc_delta, out_bound, seed, sid, t, 0)
             if gap < tol:
                 break
@@ -200,15 +202,15 @@ def relax_kernel(x, ids, fwd, bwd, biases, w_max, sizes, act, integrator, h, max
             else:
                 for j in range(total):
                     s2[j] = s[j] + 0.5 * h * k1[j]
-                _derivative(fwd, bwd, biases, w_max, sizes, offsets, act, drive0, x_norm, s2, k2, u, buf_in, tmp,
+                _derivative(fwd, bwd, biases, w_max, alpha, sizes, offsets, act, drive0, x_norm, s2, k2, u, buf_in, tmp,
                             dac_delta, inp_bound, w_noise, out_noise, adc_delta, out_bound, seed, sid, t, 1)
                 for j in range(total):
                     s2[j] = s[j] + 0.5 * h * k2[j]
-                _derivative(fwd, bwd, biases, w_max, sizes, offsets, act, drive0, x_norm, s2, k3, u, buf_in, tmp,
+                _derivative(fwd, bwd, biases, w_max, alpha, sizes, offsets, act, drive0, x_norm, s2, k3, u, buf_in, tmp,
                             dac_delta, inp_bound, w_noise, out_noise, adc_delta, out_bound, seed, sid, t, 2)
                 for j in range(total):
                     s2[j] = s[j] + h * k3[j]
-                _derivative(fwd, bwd, biases, w_max, sizes, offsets, act, drive0, x_norm, s2, k4, u, buf_in, tmp,
+                _derivative(fwd, bwd, biases, w_max, alpha, sizes, offsets, act, drive0, x_norm, s2, k4, u, buf_in, tmp,
                             dac_delta, inp_bound, w_noise, out_noise, adc_delta, out_bound, seed, sid, t, 3)
                 for j in range(total):
                     s[j] += h / 6.0 * (k1[j] + 2.0 * k2[j] + 2.0 * k3[j] + k4[j])
@@ -228,7 +230,7 @@ def relax(cb: Crossbars, sub: SubstrateConfig, per: PeripheralConfig, x: np.ndar
     sizes = np.asarray(cb.sizes, dtype=np.int64)
     states, steps = relax_kernel(
         np.ascontiguousarray(x, dtype=np.float64), np.asarray(ids, dtype=np.int64), typed(cb.forward), typed(cb.backward),
-        typed(cb.biases), np.asarray(cb.w_max, dtype=np.float64), sizes, cb.act_id, INTEGRATORS[sub.integrator],
+        typed(cb.biases), np.asarray(cb.w_max, dtype=np.float64), np.asarray(cb.alpha, dtype=np.float64), sizes, cb.act_id, INTEGRATORS[sub.integrator],
         sub.dt_s / sub.tau_s, sub.max_steps, sub.settle_tol, per.dac_delta, per.inp_bound if per.dac_bits else 0.0,
         per.w_noise, per.out_noise, per.adc_delta, per.out_bound, sub.seed,
     )

@@ -16,6 +16,7 @@ import numpy as np
 
 from neurohw.config import apply_overrides, build_dataclass, read_toml, valid_keys
 from neurohw.core.activations import ACTIVATIONS
+from neurohw.devices.inference import NoiseConfig, pcm_conductances
 from neurohw.devices.mapping import DeviceProfile, map_spec
 from neurohw.errors import ConfigError
 from neurohw.spec import NetworkSpec
@@ -96,6 +97,7 @@ class PeripheralConfig:
 class Scenario:
     substrate: SubstrateConfig = field(default_factory=SubstrateConfig)
     peripherals: PeripheralConfig = field(default_factory=PeripheralConfig)
+    noise: NoiseConfig = field(default_factory=NoiseConfig)
     device: DeviceProfile | None = None  # map the file's weights with this profile (None: use the file's)
 
 
@@ -109,7 +111,7 @@ def load_scenario(path: str | Path | None, overrides: list[str] | tuple[str, ...
         scenario = build_dataclass(Scenario, table, "", keys)
         if device is not None:
             profile = build_dataclass(DeviceProfile, device, "device.", keys)
-            scenario = Scenario(scenario.substrate, scenario.peripherals, profile)
+            scenario = Scenario(scenario.substrate, scenario.peripherals, scenario.noise, profile)
         return scenario
     except ConfigError as e:
         where = f" in '{path}'" if path is not None else ""
@@ -121,7 +123,7 @@ class Crossbars:
     """What the kernels read: per dynamic layer the forward and feedback matrices (float64, as
     programmed: (G₊ − G₋)/σ_g), biases, and the constants of the read model."""
 
-    forward: list[np.ndarray]  # W_i, (n_{i+1}, n_i)
+    forward: list[np.ndarray]  # W_i, (n_{i+1}, n_i), as programmed (after inference noise, if any)
     backward: list[np.ndarray]  # the matrix read transposed for the feedback into layer i (W_i or W^b_i)
     biases: list[np.ndarray]
     w_max: list[float]  # max|W_i| (scale of the per-read weight noise)
@@ -129,32 +131,65 @@ class Crossbars:
     readout_bias: np.ndarray | None
     readout_w_max: float
     sizes: list[int]  # state sizes n_1 … n_L
+    alpha: list[float]  # drift-compensation factor applied to every read of layer i's crossbar
+    readout_alpha: float
     act_id: int
     nudge_outside: bool
 
 
-def crossbars_from_spec(spec: NetworkSpec, profile: DeviceProfile | None = None) -> Crossbars:
-    """The crossbars of a dense spec; with `profile` its weights are (re)mapped onto devices first."""
+def _programmed(ls, noise: NoiseConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """(W at inference, W^b at inference, drift-compensation α) of one layer (eq. map, eq. pcm)."""
+    if noise.model == "none":
+        return ls.weight, ls.weight_backward, 1.0
+    c = ls.conductance
+    if c is None:
+        raise ConfigError("noise.model = 'pcm' needs conductances: export with --device or give the scenario a [device] table")
+
+    def at_inference(g_plus: np.ndarray, g_minus: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        (p0, pt), (m0, mt) = pcm_conductances(g_plus, noise, rng), pcm_conductances(g_minus, noise, rng)
+        return (p0 - m0) / c.scale_uS_per_unit, (pt - mt) / c.scale_uS_per_unit
+
+    w0, wt = at_inference(c.g_plus_uS.astype(np.float64), c.g_minus_uS.astype(np.float64))
+    alpha = 1.0
+    if noise.drift_compensation:  # ratio of the summed |outputs| for an all-ones input, at t0 and now
+        alpha = float(np.abs(w0.sum(1)).sum() / max(np.abs(wt.sum(1)).sum(), 1e-300))
+    wb = None
+    if ls.weight_backward is not None:  # the untied feedback crossbar: same mapping scale, same physics
+        span = c.g_max_uS - c.g_min_uS
+        g = np.asarray(ls.weight_backward, dtype=np.float64) * c.scale_uS_per_unit
+        _, wb = at_inference(c.g_min_uS + np.clip(g, 0.0, span), c.g_min_uS + np.clip(-g, 0.0, span))
+    return wt, wb, alpha
+
+
+def crossbars_from_spec(spec: NetworkSpec, profile: DeviceProfile | None = None, noise: NoiseConfig | None = None,
+                        seed: int = 0) -> Crossbars:
+    """The crossbars of a dense spec; with `profile` its weights are (re)mapped onto devices first,
+    with `noise` the programmed conductances get inference noise (generator seeded by `seed`)."""
+    noise = noise or NoiseConfig()
     if any(ls.type != "dense" for ls in spec.layers):
         raise ConfigError("the analog substrate runs dense (fc) networks; this file has conv2d layers")
     if spec.activation not in ACTIVATION_IDS:
         raise ConfigError(f"activation '{spec.activation}' has no analog kernel; valid: {', '.join(ACTIVATION_IDS)}")
     if profile is not None:
         spec = map_spec(spec, profile)
-    dyn = [ls for ls in spec.layers if not ls.readout]
-    ro = [ls for ls in spec.layers if ls.readout]
+    rng = np.random.default_rng(seed)
     f64 = lambda a: np.ascontiguousarray(a, dtype=np.float64)
-    forward = [f64(ls.weight) for ls in dyn]
-    backward = [f64(ls.weight if ls.weight_backward is None else ls.weight_backward) for ls in dyn]
+    programmed = [_programmed(ls, noise, rng) for ls in spec.layers]
+    dyn = [p for ls, p in zip(spec.layers, programmed) if not ls.readout]
+    ro = [(ls, p) for ls, p in zip(spec.layers, programmed) if ls.readout]
+    forward = [f64(w) for w, _, _ in dyn]
+    backward = [f64(w if wb is None else wb) for w, wb, _ in dyn]
     return Crossbars(
         forward=forward,
         backward=backward,
-        biases=[f64(ls.bias) for ls in dyn],
+        biases=[f64(ls.bias) for ls in spec.layers if not ls.readout],
         w_max=[float(np.abs(w).max(initial=0.0)) for w in forward],
-        readout=f64(ro[0].weight) if ro else None,
-        readout_bias=f64(ro[0].bias) if ro else None,
-        readout_w_max=float(np.abs(ro[0].weight).max(initial=0.0)) if ro else 0.0,
+        readout=f64(ro[0][1][0]) if ro else None,
+        readout_bias=f64(ro[0][0].bias) if ro else None,
+        readout_w_max=float(np.abs(ro[0][1][0]).max(initial=0.0)) if ro else 0.0,
         sizes=[w.shape[0] for w in forward],
+        alpha=[a for _, _, a in dyn],
+        readout_alpha=ro[0][1][2] if ro else 1.0,
         act_id=ACTIVATION_IDS[spec.activation],
         nudge_outside=spec.nudge == "outside",
     )

@@ -36,11 +36,12 @@ def noisy(y: np.ndarray, vq_norm: np.ndarray, w_max: float, per: PeripheralConfi
 
 
 def read(w: np.ndarray, v: np.ndarray, w_max: float, per: PeripheralConfig, seed: int, ids: np.ndarray,
-         step: int, stage: int, read_id: int, layer: int, transpose: bool = False) -> np.ndarray:
-    """R(W, v) of eq. read for a batch of vectors v (B, n_in); `transpose` reads W's columns."""
+         step: int, stage: int, read_id: int, layer: int, transpose: bool = False, alpha: float = 1.0) -> np.ndarray:
+    """α·R(W, v) of eq. read for a batch of vectors v (B, n_in); `transpose` reads W's columns; α is
+    the layer's digital drift compensation."""
     vq = quantise(v, per.dac_delta, per.inp_bound if per.dac_bits else 0.0)
     y = vq @ w if transpose else vq @ w.T
-    return noisy(y, np.sqrt((vq * vq).sum(1)), w_max, per, seed, ids, step, stage, read_id, layer)
+    return alpha * noisy(y, np.sqrt((vq * vq).sum(1)), w_max, per, seed, ids, step, stage, read_id, layer)
 
 
 def derivative(cb: Crossbars, per: PeripheralConfig, seed: int, ids: np.ndarray, drive0: np.ndarray, x_norm: np.ndarray,
@@ -50,12 +51,13 @@ def derivative(cb: Crossbars, per: PeripheralConfig, seed: int, ids: np.ndarray,
     out = []
     for i in range(n):
         if i == 0:
-            u = noisy(drive0, x_norm, cb.w_max[0], per, seed, ids, step, stage, READ_INPUT, 0)
+            u = cb.alpha[0] * noisy(drive0, x_norm, cb.w_max[0], per, seed, ids, step, stage, READ_INPUT, 0)
         else:
-            u = read(cb.forward[i], s[i - 1], cb.w_max[i], per, seed, ids, step, stage, READ_FORWARD, i)
+            u = read(cb.forward[i], s[i - 1], cb.w_max[i], per, seed, ids, step, stage, READ_FORWARD, i, alpha=cb.alpha[i])
         u = u + cb.biases[i]
         if i + 1 < n:
-            u = u + read(cb.backward[i + 1], s[i + 1], cb.w_max[i + 1], per, seed, ids, step, stage, READ_BACKWARD, i + 1, transpose=True)
+            u = u + read(cb.backward[i + 1], s[i + 1], cb.w_max[i + 1], per, seed, ids, step, stage, READ_BACKWARD, i + 1,
+                         transpose=True, alpha=cb.alpha[i + 1])
         out.append(activation_numpy(cb.act_id, u) - s[i])
     gap = np.max(np.stack([np.abs(d).max(1) for d in out]), axis=0)
     return out, gap
@@ -99,4 +101,5 @@ def output(cb: Crossbars, per: PeripheralConfig, seed: int, ids: np.ndarray, s: 
     """The output scores: the last state (mse) or one read of the readout crossbar (ce_readout)."""
     if cb.readout is None:
         return s[-1]
-    return read(cb.readout, s[-1], cb.readout_w_max, per, seed, ids, step, 0, READ_READOUT, len(s)) + cb.readout_bias
+    return read(cb.readout, s[-1], cb.readout_w_max, per, seed, ids, step, 0, READ_READOUT, len(s),
+                alpha=cb.readout_alpha) + cb.readout_bias
