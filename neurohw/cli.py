@@ -124,6 +124,16 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_insitu(args: argparse.Namespace) -> int:
+    from neurohw.substrates.analog.insitu import InSituTrainer, load_insitu
+
+    sc = load_insitu(args.card, args.overrides)
+    summary = InSituTrainer(sc, args.out, args.data_dir).fit()
+    print(f"{args.out}: best epoch {summary['best_epoch']} by validation error ({100 * summary['val_error']:.2f} %): "
+          f"test error {100 * summary['test_error']:.2f} %, {summary['pulses']} pulses")
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
     from neurohw.config import describe
 
@@ -189,6 +199,13 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--data-dir", help="dataset folder")
     sm.add_argument("--out", help="report.json to write")
     sm.set_defaults(func=cmd_simulate)
+
+    it = sub.add_parser("insitu", help="in-situ C-EP training on crossbars of pulsed devices")
+    it.add_argument("card", help="in-situ card sims/insitu_*.toml")
+    it.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. insitu.epochs=1 pulsed.dw_min=0.002")
+    it.add_argument("--out", default="runs/insitu", help="run directory (default runs/insitu)")
+    it.add_argument("--data-dir", help="dataset folder")
+    it.set_defaults(func=cmd_insitu)
 
     k = sub.add_parser("keys", help="list every config key with its default and meaning")
     k.set_defaults(func=cmd_keys)

@@ -70,17 +70,17 @@ class PulsedDeviceConfig:
 
     def __post_init__(self) -> None:
         if self.law not in LAWS:
-            raise ConfigError(f"device.law = '{self.law}' is not valid; valid: {', '.join(LAWS)}")
+            raise ConfigError(f"pulsed.law = '{self.law}' is not valid; valid: {', '.join(LAWS)}")
         if not self.dw_min > 0:
-            raise ConfigError(f"device.dw_min must be > 0, got {self.dw_min}")
+            raise ConfigError(f"pulsed.dw_min must be > 0, got {self.dw_min}")
         if not self.w_min <= 0 <= self.w_max or self.w_min == self.w_max:
-            raise ConfigError(f"device.w_min ≤ 0 ≤ device.w_max is required (and w_min < w_max), got {self.w_min}, {self.w_max}")
+            raise ConfigError(f"pulsed.w_min ≤ 0 ≤ pulsed.w_max is required (and w_min < w_max), got {self.w_min}, {self.w_max}")
         for key in ("dw_min_dtod", "dw_min_std", "up_down_dtod", "w_max_dtod", "w_min_dtod", "write_noise_std",
                     "corrupt_devices_range", "gamma_up_dtod", "gamma_down_dtod", "pow_gamma_dtod", "pow_up_down_dtod"):
             if getattr(self, key) < 0:
-                raise ConfigError(f"device.{key} must be ≥ 0, got {getattr(self, key)}")
+                raise ConfigError(f"pulsed.{key} must be ≥ 0, got {getattr(self, key)}")
         if not 0 <= self.corrupt_devices_prob <= 1:
-            raise ConfigError(f"device.corrupt_devices_prob must lie in [0, 1], got {self.corrupt_devices_prob}")
+            raise ConfigError(f"pulsed.corrupt_devices_prob must lie in [0, 1], got {self.corrupt_devices_prob}")
 
     @property
     def n_states(self) -> float:

@@ -85,9 +85,46 @@ def test_pulse_trains_count_coincidences_like_aihwkit():
 
 
 def test_bad_device_parameters_are_named():
-    with pytest.raises(ConfigError, match="device.law"):
+    with pytest.raises(ConfigError, match="pulsed.law"):
         PulsedDeviceConfig(law="memristor")
-    with pytest.raises(ConfigError, match="device.dw_min"):
+    with pytest.raises(ConfigError, match="pulsed.dw_min"):
         PulsedDeviceConfig(dw_min=0.0)
-    with pytest.raises(ConfigError, match="w_min ≤ 0 ≤ device.w_max"):
+    with pytest.raises(ConfigError, match="w_min ≤ 0 ≤ pulsed.w_max"):
         PulsedDeviceConfig(w_min=0.2, w_max=0.6)
+
+
+# ------------------------------------------------------------------ pulse kernels vs numpy twin
+from neurohw.devices.pulse_kernels import outer_update  # noqa: E402
+
+
+@pytest.mark.parametrize("law", ["constant_step", "linear_step", "soft_bounds", "exp_step", "pow_step"])
+def test_pulse_kernel_equals_numpy_twin(law):
+    kw = dict(dw_min=0.01, write_noise_std=0.5, corrupt_devices_prob=0.05, up_down=0.1)
+    if law == "linear_step":
+        kw.update(gamma_up=0.3, gamma_down=0.2)
+    rng = np.random.default_rng(3)
+    xs, ds = rng.uniform(-1, 1, (4, 9)), rng.uniform(-1, 1, (4, 6))
+    xs[0, 2] = 0.0
+    a, b = array(law, shape=(6, 9), seed=5, **kw), array(law, shape=(6, 9), seed=5, **kw)
+    w0 = rng.uniform(-0.3, 0.3, (6, 9))
+    a.set_weights(w0), b.set_weights(w0)
+    n_a = outer_update(a, xs, ds, 0.05, UpdateConfig(), seed=7, counter=11, engine="kernel")
+    n_b = outer_update(b, xs, ds, 0.05, UpdateConfig(), seed=7, counter=11, engine="twin")
+    assert n_a == n_b > 0
+    np.testing.assert_allclose(a.w, b.w, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(a.write_noise, b.write_noise, rtol=0, atol=1e-12)
+    assert not np.allclose(a.w, w0)
+
+
+def test_pulse_updates_follow_the_gradient_on_average():
+    """Ideal constant-step devices: E[ΔW] = −lr·Σ_b d_b x_bᵀ (each coincidence moves dw_min)."""
+    rng = np.random.default_rng(0)
+    xs, ds = rng.uniform(-1, 1, (3, 12)), rng.uniform(-1, 1, (3, 8))
+    lr = 0.004
+    total = np.zeros((8, 12))
+    for counter in range(300):
+        a = array(shape=(8, 12), dw_min=0.001, w_max=1.0, w_min=-1.0, **IDEAL)
+        outer_update(a, xs, ds, lr, UpdateConfig(), seed=1, counter=counter)
+        total += a.w
+    expected = -lr * sum(np.outer(d, x) for d, x in zip(ds, xs))
+    assert np.abs(total / 300 - expected).max() < 0.15 * np.abs(expected).max()

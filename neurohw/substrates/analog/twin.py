@@ -45,8 +45,10 @@ def read(w: np.ndarray, v: np.ndarray, w_max: float, per: PeripheralConfig, seed
 
 
 def derivative(cb: Crossbars, per: PeripheralConfig, seed: int, ids: np.ndarray, drive0: np.ndarray, x_norm: np.ndarray,
-               s: list[np.ndarray], step: int, stage: int) -> tuple[list[np.ndarray], float]:
-    """ρ(u) − s for every layer (eq. analog without the 1/τ) and the per-sample max |ρ(u) − s|."""
+               s: list[np.ndarray], step: int, stage: int, y: np.ndarray | None = None, beta: float = 0.0
+               ) -> tuple[list[np.ndarray], float]:
+    """ρ(u) − s for every layer (eq. analog without the 1/τ; with the nudge of eq. analog-nudge when
+    β ≠ 0) and the per-sample max |ρ(u) − s|."""
     n = len(s)
     out = []
     for i in range(n):
@@ -58,43 +60,63 @@ def derivative(cb: Crossbars, per: PeripheralConfig, seed: int, ids: np.ndarray,
         if i + 1 < n:
             u = u + read(cb.backward[i + 1], s[i + 1], cb.w_max[i + 1], per, seed, ids, step, stage, READ_BACKWARD, i + 1,
                          transpose=True, alpha=cb.alpha[i + 1])
-        out.append(activation_numpy(cb.act_id, u) - s[i])
+        nudge = None
+        if i == n - 1 and beta != 0.0:
+            if cb.readout is None:
+                nudge = beta * (y - s[i])
+            else:  # −β ∂ℓ/∂s_L through the readout crossbar, read transposed
+                p = read(cb.readout, s[i], cb.readout_w_max, per, seed, ids, step, stage, READ_READOUT, n,
+                         alpha=cb.readout_alpha) + cb.readout_bias
+                p = np.exp(p - p.max(1, keepdims=True))
+                err = p / p.sum(1, keepdims=True) - y
+                nudge = -beta * read(cb.readout, err, cb.readout_w_max, per, seed, ids, step, stage, READ_READOUT + 1, n,
+                                     transpose=True, alpha=cb.readout_alpha)
+        if nudge is not None and not cb.nudge_outside:
+            u = u + nudge
+        d = activation_numpy(cb.act_id, u) - s[i]
+        out.append(d + nudge if nudge is not None and cb.nudge_outside else d)
     gap = np.max(np.stack([np.abs(d).max(1) for d in out]), axis=0)
     return out, gap
 
 
-def relax(cb: Crossbars, sub: SubstrateConfig, per: PeripheralConfig, x: np.ndarray, ids: np.ndarray
-          ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """The free phase from s = 0: (final states per layer, steps taken per sample, outputs)."""
+def relax(cb: Crossbars, sub: SubstrateConfig, per: PeripheralConfig, x: np.ndarray, ids: np.ndarray,
+          s0: list[np.ndarray] | None = None, y: np.ndarray | None = None, beta: float = 0.0,
+          steps: int | None = None, phase: int = 0) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Integrate from s0 (default 0): the free phase until settled (steps=None), or exactly `steps`
+    steps (a nudged interval, with target y and strength β). `phase` separates the noise draws of
+    successive phases. Returns (final states per layer, steps taken per sample, outputs)."""
     x = np.asarray(x, dtype=np.float64)
     b = x.shape[0]
     seed = sub.seed
     xq = quantise(x, per.dac_delta, per.inp_bound if per.dac_bits else 0.0)
     drive0 = xq @ cb.forward[0].T  # the static input's ideal read; noise is drawn per read
     x_norm = np.sqrt((xq * xq).sum(1))
-    s = [np.zeros((b, n)) for n in cb.sizes]
-    steps = np.zeros(b, dtype=np.int64)
+    s = [np.zeros((b, n)) for n in cb.sizes] if s0 is None else [np.array(t, dtype=np.float64) for t in s0]
+    taken = np.zeros(b, dtype=np.int64)
     active = np.ones(b, dtype=bool)
     h = sub.dt_s / sub.tau_s
-    for t in range(sub.max_steps):
-        k1, gap = derivative(cb, per, seed, ids, drive0, x_norm, s, t, 0)
-        active &= ~(gap < sub.settle_tol)
+    settle = steps is None
+    for t in range(sub.max_steps if settle else steps):
+        key_t = t + phase * (sub.max_steps + 1)
+        k1, gap = derivative(cb, per, seed, ids, drive0, x_norm, s, key_t, 0, y, beta)
+        if settle:
+            active &= ~(gap < sub.settle_tol)
         if not active.any():
             break
         if sub.integrator == "euler":
             inc = [h * k for k in k1]
         else:
             s2 = [a + 0.5 * h * k for a, k in zip(s, k1)]
-            k2, _ = derivative(cb, per, seed, ids, drive0, x_norm, s2, t, 1)
+            k2, _ = derivative(cb, per, seed, ids, drive0, x_norm, s2, key_t, 1, y, beta)
             s3 = [a + 0.5 * h * k for a, k in zip(s, k2)]
-            k3, _ = derivative(cb, per, seed, ids, drive0, x_norm, s3, t, 2)
+            k3, _ = derivative(cb, per, seed, ids, drive0, x_norm, s3, key_t, 2, y, beta)
             s4 = [a + h * k for a, k in zip(s, k3)]
-            k4, _ = derivative(cb, per, seed, ids, drive0, x_norm, s4, t, 3)
+            k4, _ = derivative(cb, per, seed, ids, drive0, x_norm, s4, key_t, 3, y, beta)
             inc = [h / 6.0 * (a + 2.0 * c + 2.0 * d + e) for a, c, d, e in zip(k1, k2, k3, k4)]
         m = active[:, None]
         s = [np.where(m, a + d, a) for a, d in zip(s, inc)]
-        steps += active
-    return s, steps, output(cb, per, seed, ids, s, sub.max_steps)
+        taken += active
+    return s, taken, output(cb, per, seed, ids, s, sub.max_steps)
 
 
 def output(cb: Crossbars, per: PeripheralConfig, seed: int, ids: np.ndarray, s: list[np.ndarray], step: int) -> np.ndarray:
