@@ -127,7 +127,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 def cmd_insitu(args: argparse.Namespace) -> int:
     from neurohw.substrates.analog.insitu import InSituTrainer, load_insitu
 
-    sc = load_insitu(args.card, args.overrides)
+    sc = load_insitu(args.card, args.overrides, args.pulsed)
     summary = InSituTrainer(sc, args.out, args.data_dir).fit()
     print(f"{args.out}: best epoch {summary['best_epoch']} by validation error ({100 * summary['val_error']:.2f} %): "
           f"test error {100 * summary['test_error']:.2f} %, {summary['pulses']} pulses")
@@ -203,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     it = sub.add_parser("insitu", help="in-situ C-EP training on crossbars of pulsed devices")
     it.add_argument("card", help="in-situ card sims/insitu_*.toml")
     it.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. insitu.epochs=1 pulsed.dw_min=0.002")
+    it.add_argument("--pulsed", help="device card sims/devices/*.toml replacing the card's [pulsed] table")
     it.add_argument("--out", default="runs/insitu", help="run directory (default runs/insitu)")
     it.add_argument("--data-dir", help="dataset folder")
     it.set_defaults(func=cmd_insitu)

@@ -76,3 +76,19 @@ def test_insitu_card_errors_name_the_key():
         load_insitu(None, ["insitu.write=both"])
     with pytest.raises(ConfigError, match="pulsed.law"):
         load_insitu(None, ["pulsed.law=memristor"])
+
+
+def test_every_device_card_loads_and_learns_a_step(tmp_path, mnist_small):
+    from pathlib import Path
+
+    cards = sorted(Path("sims/devices").glob("*.toml"))
+    assert {c.stem for c in cards} >= {"reram_es", "reram_sb", "ecram", "capacitor", "pcm", "constant_step_1200"}
+    x = mnist_small.train.images[:20].numpy().reshape(20, -1) / 255.0
+    y = np.eye(10)[mnist_small.train.labels[:20].numpy()]
+    for card in cards:
+        sc = load_insitu("sims/insitu_constantstep.toml", ["insitu.hidden=[16]"], pulsed=card)
+        tr = InSituTrainer(sc, tmp_path, splits=mnist_small, log=None)
+        w0 = [a.w.copy() for a in tr.net.arrays]
+        tr.train_batch(x, y, np.arange(20))
+        assert tr.pulses > 0 and any(not np.array_equal(a.w, b) for a, b in zip(tr.net.arrays, w0)), card
+        assert all(np.all((a.w >= a.b_min) & (a.w <= a.b_max)) for a in tr.net.arrays), card

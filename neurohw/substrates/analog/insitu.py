@@ -81,8 +81,15 @@ class InSituScenario:
     insitu: InSituConfig = field(default_factory=InSituConfig)
 
 
-def load_insitu(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> InSituScenario:
+def load_insitu(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
+                pulsed: str | Path | None = None) -> InSituScenario:
+    """An in-situ card; `pulsed` (a sims/devices/*.toml) replaces its [pulsed] table."""
     table = read_toml(path, "in-situ card") if path is not None else {}
+    if pulsed is not None:
+        device = read_toml(pulsed, "device card")
+        if "pulsed" not in device:
+            raise ConfigError(f"device card '{pulsed}' has no [pulsed] table")
+        table["pulsed"] = device["pulsed"]
     try:
         return build_dataclass(InSituScenario, apply_overrides(table, list(overrides), InSituScenario))
     except ConfigError as e:
