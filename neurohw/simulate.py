@@ -106,3 +106,28 @@ def format_report(r: dict[str, Any]) -> str:
         st = r["settling_time_s"]
         lines.append(f"  settling time mean {st['mean'] * 1e6:.2f} µs, max {st['max'] * 1e6:.2f} µs; unsettled: {r['unsettled']}")
     return "\n".join(lines)
+
+
+def _sweep_point(args: tuple) -> dict[str, Any]:
+    path, scenario_path, key, value, n, data_dir, overrides = args
+    report = simulate(path, "analog", scenario_path, n, [*overrides, f"{key}={value}"], data_dir)
+    report["sweep"] = {"key": key, "value": value}
+    return report
+
+
+def sweep(path: str | Path, scenario_path: str | Path | None, key: str, values: list, n: int = 1000,
+          workers: int = 1, data_dir=None, overrides: list[str] | tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """`simulate` at every value of one scenario key, `workers` points in parallel processes."""
+    from neurohw.substrates.analog import load_scenario
+
+    for v in values:  # validate every point before any simulation starts
+        load_scenario(scenario_path, [*overrides, f"{key}={v}"])
+    jobs = [(str(path), scenario_path, key, v, n, data_dir, tuple(overrides)) for v in values]
+    if workers <= 1:
+        return [_sweep_point(j) for j in jobs]
+    import multiprocessing as mp
+    import os
+
+    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+    with mp.get_context("spawn").Pool(workers) as pool:
+        return pool.map(_sweep_point, jobs)

@@ -217,3 +217,19 @@ def test_euler_with_dt_equal_tau_is_the_discrete_engine(kind, nudge):
         ref_nudged = relax(net, net.input_drive(xt), ref_free, 6, yt, 0.4)
     for a, b in zip(s_free + s_nudged, ref_free + ref_nudged):
         np.testing.assert_allclose(a, b.numpy(), rtol=0, atol=1e-12)
+
+
+def test_sweep_equals_single_simulations(tmp_path):
+    from neurohw.simulate import simulate, sweep
+
+    g = torch.Generator().manual_seed(0)
+    net = build_net(NetConfig(hidden=(12,), activation="sigmoid4"), (1, 28, 28), 10, generator=g)
+    save_spec(to_spec(net, T_free=60, T_nudge=5, beta=0.1, image_shape=(1, 28, 28), input_mean=(0.0,), input_std=(1.0,)),
+              tmp_path / "n.h5")
+    reports = sweep(tmp_path / "n.h5", "sims/ideal.toml", "peripherals.adc_bits", [4, 8], n=30,
+                    overrides=["peripherals.out_bound=4.0"])
+    single = simulate(tmp_path / "n.h5", "analog", "sims/ideal.toml", 30, ["peripherals.out_bound=4.0", "peripherals.adc_bits=4"])
+    assert [r["sweep"]["value"] for r in reports] == [4, 8]
+    assert reports[0]["accuracy"] == single["accuracy"] and reports[0]["agreement"] == single["agreement"]
+    with pytest.raises(ConfigError, match="adc_bits"):
+        sweep(tmp_path / "n.h5", "sims/ideal.toml", "peripherals.adc_bits", [8, -1], n=30, overrides=["peripherals.out_bound=4.0"])
