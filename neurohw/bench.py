@@ -155,3 +155,39 @@ def format_bench(r: dict) -> str:
             f"  largest weight difference between the engines after training: {r['max_weight_difference']:.2e}",
         ]
     )
+
+
+def run_analog_bench(path, scenario_path=None, n: int = 1000, threads: int = 2, overrides=()) -> dict:
+    """MNIST inferences per second of the analog substrate, numba kernel vs numpy twin, same images and
+    scenario: the card (e.g. sims/pcm_1day.toml) with full read noise on top (8-bit DAC and ADC,
+    per-read weight and output noise), so that the samples never settle and run t_max_s."""
+    import os
+
+    os.environ["NUMBA_NUM_THREADS"] = str(threads)
+    import numba
+
+    numba.set_num_threads(threads)
+    torch.set_num_threads(threads)
+    from neurohw.data import load_raw
+    from neurohw.io.hdf5 import load_spec
+    from neurohw.simulate import dataset_of
+    from neurohw.substrates.analog import AnalogSubstrate, load_scenario
+
+    full_noise = ["peripherals.dac_bits=8", "peripherals.adc_bits=8", "peripherals.out_bound=12.0",
+                  "peripherals.w_noise=0.02", "peripherals.out_noise=0.02"]
+    scenario = load_scenario(scenario_path, [*full_noise, *overrides])  # the card, with full read noise on top
+    spec = load_spec(path)
+    _, _, x_test, y_test = load_raw(dataset_of(spec))
+    x = spec.preprocess(x_test[:n].numpy())
+    AnalogSubstrate(scenario, "kernel").run(spec, x[:4])  # compile outside the timing
+    out = {}
+    for engine in ("kernel", "twin"):
+        t0 = time.perf_counter()
+        trace = AnalogSubstrate(scenario, engine).run(spec, x)
+        out[engine] = (time.perf_counter() - t0, float((trace.predictions == y_test[:n].numpy()).mean()))
+    return {
+        "file": str(path), "scenario": str(scenario_path), "n": n, "threads": threads,
+        "kernel_inferences_per_s": n / out["kernel"][0], "twin_inferences_per_s": n / out["twin"][0],
+        "ratio": out["twin"][0] / out["kernel"][0], "kernel_accuracy": out["kernel"][1], "twin_accuracy": out["twin"][1],
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "date_utc": time.strftime("%Y-%m-%d", time.gmtime()),
+    }

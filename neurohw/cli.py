@@ -64,8 +64,18 @@ def cmd_gdu(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from neurohw.bench import format_bench, run_bench
+    from neurohw.bench import format_bench, run_analog_bench, run_bench
 
+    if args.analog:
+        r = run_analog_bench(args.analog, args.sim, args.samples, args.threads or 2)
+        print(f"analog substrate, {r['n']} MNIST inferences, {r['threads']} threads: numba kernel "
+              f"{r['kernel_inferences_per_s']:.0f}/s, numpy twin {r['twin_inferences_per_s']:.0f}/s ({r['ratio']:.1f} ×); "
+              f"accuracy {100 * r['kernel_accuracy']:.2f} % / {100 * r['twin_accuracy']:.2f} %")
+        if args.json:
+            from neurohw.io.atomic import write_text
+
+            write_text(args.json, json.dumps(r, indent=2) + "\n")
+        return 0
     result = run_bench(
         samples=args.samples, device=args.device, data_dir=args.data_dir, threads=args.threads, repeats=args.repeats
     )
@@ -165,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     b.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     b.add_argument("--repeats", type=int, default=3, help="runs per engine, fastest reported (default 3)")
+    b.add_argument("--analog", metavar="FILE.h5", help="instead: the analog substrate's inference rate on this file")
+    b.add_argument("--sim", help="with --analog: scenario card (default: full noise)")
     b.add_argument("--data-dir", help="dataset folder")
     b.add_argument("--json", help="write the figures to this JSON file")
     b.set_defaults(func=cmd_bench)

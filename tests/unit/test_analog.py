@@ -233,3 +233,14 @@ def test_sweep_equals_single_simulations(tmp_path):
     assert reports[0]["accuracy"] == single["accuracy"] and reports[0]["agreement"] == single["agreement"]
     with pytest.raises(ConfigError, match="adc_bits"):
         sweep(tmp_path / "n.h5", "sims/ideal.toml", "peripherals.adc_bits", [8, -1], n=30, overrides=["peripherals.out_bound=4.0"])
+
+
+def test_analog_bench_reports_both_engines(tmp_path):
+    from neurohw.bench import run_analog_bench
+
+    net = build_net(NetConfig(hidden=(12,), activation="sigmoid4"), (1, 28, 28), 10, generator=torch.Generator().manual_seed(0))
+    save_spec(to_spec(net, T_free=60, T_nudge=5, beta=0.1, image_shape=(1, 28, 28), input_mean=(0.0,), input_std=(1.0,)),
+              tmp_path / "n.h5")
+    r = run_analog_bench(tmp_path / "n.h5", "sims/ideal.toml", n=8, threads=1, overrides=["substrate.t_max_s=2e-6"])
+    assert r["kernel_inferences_per_s"] > 0 and r["twin_inferences_per_s"] > 0
+    assert r["kernel_accuracy"] == r["twin_accuracy"]  # the same numbers, noise included
