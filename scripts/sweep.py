@@ -3,7 +3,7 @@
 
     python scripts/sweep.py runs/mnist_ep_fc1/network_pcm.h5 --sim sims/pcm_1day.toml \
         --key noise.t_inference_s --values 1 3600 86400 2592000 31536000 --n 2000 --workers 2 \
-        --out runs/sweep_drift [--logx]
+        --out runs/sweep_drift [--logx] [--set peripherals.out_bound=8]
 
 Writes OUT/sweep.json (every report) and OUT/sweep.png (accuracy and the torch reference).
 """
@@ -14,6 +14,7 @@ import argparse
 import json
 from pathlib import Path
 
+from neurohw.errors import NeurohwError
 from neurohw.io.atomic import atomic_path, write_text
 from neurohw.simulate import sweep
 
@@ -28,8 +29,12 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", required=True)
     p.add_argument("--logx", action="store_true")
+    p.add_argument("--set", nargs="*", default=[], metavar="key=value", help="fixed scenario overrides at every point")
     args = p.parse_args()
-    reports = sweep(args.file, args.sim, args.key, args.values, args.n, args.workers)
+    try:
+        reports = sweep(args.file, args.sim, args.key, args.values, args.n, args.workers, overrides=args.set)
+    except NeurohwError as e:
+        raise SystemExit(f"sweep: error: {e}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     write_text(out / "sweep.json", json.dumps(reports, indent=2) + "\n")
