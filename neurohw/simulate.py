@@ -8,7 +8,6 @@ settling time (continuous-time substrates), conductance statistics and the scena
 
 from __future__ import annotations
 
-import json
 import platform
 import time
 import tomllib

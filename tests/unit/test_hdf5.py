@@ -28,7 +28,6 @@ from neurohw.nets.build import build_net
 from neurohw.spec import from_spec, to_spec
 from neurohw.substrates.torch import TorchSubstrate
 from neurohw.train import build_model, train
-from tests.conftest import fake_splits
 
 ROOT = Path(__file__).resolve().parents[2]
 META = dict(T_free=20, T_nudge=5, beta=0.2, image_shape=(1, 6, 6), input_mean=(0.1,), input_std=(0.5,))
@@ -128,8 +127,6 @@ def test_an_independent_reader_reproduces_the_free_phase(trained_run, mnist_smal
 @pytest.fixture()
 def valid_file(tmp_path) -> Path:
     _, spec = small_spec("conv")
-    from neurohw.devices.mapping import map_spec
-
     spec = map_spec(spec, DeviceProfile(n_levels=16, corrupt_devices_prob=0.05))
     return save_spec(spec, tmp_path / "valid.h5")
 

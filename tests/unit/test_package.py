@@ -4,7 +4,7 @@ import json
 import subprocess
 import sys
 
-from neurohw.bench import flops_per_batch, format_bench, matmul_shapes, run_bench
+from neurohw.bench import flops_per_batch, matmul_shapes
 from neurohw.cli import main
 
 

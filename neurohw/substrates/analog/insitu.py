@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from neurohw.config import apply_overrides, build_dataclass, read_toml, valid_keys
+from neurohw.config import apply_overrides, build_dataclass, read_toml
 from neurohw.data import DATASETS, load_splits
 from neurohw.devices.pulse_kernels import outer_update
 from neurohw.devices.pulsed import PulsedArray, PulsedDeviceConfig, UpdateConfig
