@@ -161,12 +161,9 @@ def run_analog_bench(path, scenario_path=None, n: int = 1000, threads: int = 2, 
     """MNIST inferences per second of the analog substrate, numba kernel vs numpy twin, same images and
     scenario: the card (e.g. sims/pcm_1day.toml) with full read noise on top (8-bit DAC and ADC,
     per-read weight and output noise), so that the samples never settle and run t_max_s."""
-    import os
-
-    os.environ["NUMBA_NUM_THREADS"] = str(threads)
     import numba
 
-    numba.set_num_threads(threads)
+    numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))  # never beyond the launched pool
     torch.set_num_threads(threads)
     from neurohw.data import load_raw
     from neurohw.io.hdf5 import load_spec

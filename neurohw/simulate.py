@@ -125,8 +125,15 @@ def sweep(path: str | Path, scenario_path: str | Path | None, key: str, values: 
     if workers <= 1:
         return [_sweep_point(j) for j in jobs]
     import multiprocessing as mp
-    import os
 
-    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
-    with mp.get_context("spawn").Pool(workers) as pool:
+    with mp.get_context("spawn").Pool(workers, initializer=_one_thread) as pool:
         return pool.map(_sweep_point, jobs)
+
+
+def _one_thread() -> None:
+    """Each sweep worker computes on one thread (the workers are the parallelism)."""
+    import numba
+    import torch
+
+    numba.set_num_threads(1)
+    torch.set_num_threads(1)
