@@ -69,7 +69,7 @@ class NetConfig:
     strides: tuple[int, ...] = _f((), "conv: stride of each conv layer (() = all 1)")
     paddings: tuple[int, ...] = _f((), "conv: zero padding of each conv layer (() = all 0)")
     pools: tuple[str, ...] = _f((), "conv: max2 | avg2 | none for each conv layer (() = all max2)")
-    activation: str = _f("sigmoid4", "activation ρ (registry name: tanh, hard_sigmoid, hard_sigmoid_half, sigmoid4, identity)")
+    activation: str = _f("sigmoid4", "activation ρ (registry name: tanh, hard_sigmoid, hard_sigmoid_half, sigmoid4, identity, elu)")
     cost: str = _f("mse", "mse (output inside the dynamics) | ce_readout (softmax cross-entropy readout)")
     init_gains: tuple[float, ...] = _f((), "per-layer factor on PyTorch's default init (() = 1; one value broadcasts)")
     nudge: str = _f("inside", "inside: s_N = ρ(∂Φ^β/∂s_N) (canonical) | outside: s_N = ρ(∂Φ/∂s_N) − β∂ℓ/∂s_N (Ernoult et al.'s code)")
@@ -99,24 +99,39 @@ class NetConfig:
 
 @dataclass(frozen=True)
 class LearnerConfig:
-    algorithm: str = _f("ep", "ep | cep | cvf | bptt | bp")
+    algorithm: str = _f("ep", "ep | cep | cvf | bptt | bp | dtp | drl | ldrl (DTP with the feedback loss of Lee 2015, Meulemans 2020, Ernoult 2022)")
     estimator: str = _f("one-sided", "EP gradient estimator: one-sided | random-sign | symmetric")
-    beta: float = _f(0.1, "nudging strength β (> 0)")
+    beta: float = _f(0.1, "nudging strength β (> 0); dtp/drl/ldrl: step of the first target t^N = s^N − β∇ℓ")
     T_free: int = _f(30, "steps of the free phase")
     T_nudge: int = _f(10, "steps of each nudged phase")
     T_eval: int = _f(0, "free-phase steps at evaluation (0 = T_free)")
     T_backprop: int = _f(0, "bptt: steps differentiated through, the last ones (0 = all T_free)")
     psi_deg: float = _f(0.0, "cvf: initial angle in degrees between forward and feedback weights")
-    seed: int = _f(0, "seed of the learner's own generator (sign of β for random-sign)")
+    seed: int = _f(0, "seed of the learner's own generator (sign of β for random-sign; DTP: feedback init and noise)")
+    fb_iters: tuple[int, ...] = _f((20,), "dtp/drl/ldrl: feedback training iterations per batch, per feedback layer G_2…G_N (one value broadcasts)")
+    fb_noise: tuple[float, ...] = _f((0.1,), "dtp/drl/ldrl: noise std σ of the feedback loss, per feedback layer (one value broadcasts)")
+    fb_lrs: tuple[float, ...] = _f((1e-3,), "dtp/drl/ldrl: SGD learning rate of each feedback layer (one value broadcasts)")
+    fb_momentum: float = _f(0.9, "dtp/drl/ldrl: SGD momentum of the feedback layers")
 
     def __post_init__(self) -> None:
-        _choice("learner.algorithm", self.algorithm, ("ep", "cep", "cvf", "bptt", "bp"))
+        _choice("learner.algorithm", self.algorithm, ("ep", "cep", "cvf", "bptt", "bp", "dtp", "drl", "ldrl"))
         _choice("learner.estimator", self.estimator, ("one-sided", "random-sign", "symmetric"))
         _positive("learner.beta", self.beta)
         _positive("learner.T_free", self.T_free)
         _positive("learner.T_nudge", self.T_nudge)
         for key in ("T_eval", "T_backprop"):
             _positive(f"learner.{key}", getattr(self, key), zero_ok=True)
+        for key in ("fb_iters", "fb_noise", "fb_lrs"):
+            if not getattr(self, key):
+                raise ConfigError(f"learner.{key} needs at least one value")
+        for k in self.fb_iters:
+            _positive("learner.fb_iters", k, zero_ok=True)
+        for s in self.fb_noise:
+            _positive("learner.fb_noise", s)
+        for lr in self.fb_lrs:
+            _positive("learner.fb_lrs", lr, zero_ok=True)
+        if not 0.0 <= self.fb_momentum < 1.0:
+            raise ConfigError(f"learner.fb_momentum must be in [0, 1), got {self.fb_momentum}")
 
 
 @dataclass(frozen=True)

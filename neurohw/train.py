@@ -2,7 +2,8 @@
 
 A run directory holds `config.toml` (the resolved config), `metrics.jsonl` (one line per epoch:
 epoch, train_error, train_loss, val_error, test_error, wall_s, samples_per_s, lrs, and learner
-diagnostics such as C-VF's weight angles), `checkpoint.pt` (the whole training state after the last
+diagnostics such as C-VF's weight angles or, from a learner's `epoch_metrics(net, x, y)` on the
+first 256 training samples, DTP's angles to BP), `checkpoint.pt` (the whole training state after the last
 finished epoch, written atomically), `best.pt` (the net of the epoch with the lowest validation
 error) and `summary.json`. Model selection and early stopping look at the validation error only; the
 reported test error is that of the selected epoch.
@@ -263,6 +264,13 @@ class Trainer:
             raise DivergenceError(f"epoch {epoch + 1}: the training loss is {train_loss}; lower the learning rates")
         return train_loss, 1.0 - float(ctx.sum(correct)) / n_seen, n_seen
 
+    def diagnostic_batch(self, n: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first n training samples, not augmented: the fixed batch of learner diagnostics."""
+        split = self.train_split
+        images, labels = split.images[:n], split.labels[:n]
+        x = self.preprocess.float_images(images).reshape(images.shape[0], *self.net.input_shape)
+        return x, one_hot(labels, self.info.n_classes, self.dtype)
+
     def save(self, epoch: int, line: dict[str, Any], improved: bool) -> None:
         """Append the epoch's metrics line; write best.pt if improved and the checkpoint (atomically)."""
         if not self.ctx.is_main:
@@ -312,6 +320,9 @@ class Trainer:
             }
             if not self.net.symmetric:
                 line["weight_angles_deg"] = weight_angles_deg(self.net)
+            epoch_metrics = getattr(self.learner, "epoch_metrics", None)
+            if epoch_metrics is not None and self.ctx.is_main:  # learner diagnostics (DTP's angles to BP)
+                line.update(epoch_metrics(self.net, *self.diagnostic_batch()))
             state.epoch = epoch + 1
             state.history.append(line)
             improved = not (val_error >= state.best_val)  # NaN val (val_size = 0) selects the last epoch

@@ -77,6 +77,14 @@ for _act in (
         base_inplace=torch.sigmoid_,
     ),
     Activation("identity", lambda a: a, lambda a: a, lambda a: a, "a"),
+    Activation(
+        "elu",
+        torch.nn.functional.elu,
+        torch.nn.functional.elu_,
+        lambda a: np.where(a > 0.0, a, np.expm1(np.minimum(a, 0.0))),  # no overflow for large a
+        "a if a > 0 else exp(a) − 1",
+        base_inplace=torch.nn.functional.elu_,
+    ),
 ):
     ACTIVATIONS.register(_act.name, _act)
 

@@ -1,4 +1,4 @@
-"""Learners: EP (three estimators), C-EP, C-VF, BPTT and BP behind one interface (`Learner`)."""
+"""Learners: EP (three estimators), C-EP, C-VF, BPTT, BP and DTP (DTP, DRL, L-DRL feedback) behind one interface (`Learner`)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from neurohw.core.registry import Registry
 from neurohw.learning.base import BetaSampler, Learner
 from neurohw.learning.bptt import BP, BPTT
 from neurohw.learning.cep import CEP, CVF, set_initial_angle, weight_angles_deg
+from neurohw.learning.dtp import DTP
 from neurohw.learning.ep import EP
 
 
@@ -29,8 +30,17 @@ def _bp(cfg):
     return BP()
 
 
+def _dtp(cfg):
+    return DTP(
+        cfg.beta, cfg.algorithm, fb_iters=cfg.fb_iters, fb_noise=cfg.fb_noise, fb_lrs=cfg.fb_lrs,
+        fb_momentum=cfg.fb_momentum, seed=cfg.seed,
+    )
+
+
 LEARNERS: Registry = Registry("learner")
-for _name, _factory in (("ep", _ep), ("cep", _cep), ("cvf", _cvf), ("bptt", _bptt), ("bp", _bp)):
+for _name, _factory in (
+    ("ep", _ep), ("cep", _cep), ("cvf", _cvf), ("bptt", _bptt), ("bp", _bp), ("dtp", _dtp), ("drl", _dtp), ("ldrl", _dtp)
+):
     LEARNERS.register(_name, _factory)
 
 
@@ -40,6 +50,6 @@ def build_learner(cfg) -> Learner:
 
 
 __all__ = [
-    "BP", "BPTT", "CEP", "CVF", "EP", "BetaSampler", "LEARNERS", "Learner",
+    "BP", "BPTT", "CEP", "CVF", "DTP", "EP", "BetaSampler", "LEARNERS", "Learner",
     "build_learner", "set_initial_angle", "weight_angles_deg",
 ]

@@ -14,6 +14,7 @@ REFERENCE = {  # the formulas of the issue, written independently
     "hard_sigmoid_half": lambda a: np.minimum(np.maximum(a / 2.0, 0.0), 1.0),
     "sigmoid4": lambda a: 1.0 / (1.0 + np.exp(-4.0 * (a - 0.5))),
     "identity": lambda a: a,
+    "elu": lambda a: np.where(a > 0, a, np.expm1(np.minimum(a, 0.0))),
 }
 
 
