@@ -188,3 +188,62 @@ def run_analog_bench(path, scenario_path=None, n: int = 1000, threads: int = 2, 
         "ratio": out["twin"][0] / out["kernel"][0], "kernel_accuracy": out["kernel"][1], "twin_accuracy": out["twin"][1],
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "date_utc": time.strftime("%Y-%m-%d", time.gmtime()),
     }
+
+
+def run_brian2_bench(path, n: int = 100, targets: tuple[str, ...] = ("numpy", "cython", "cpp_standalone"),
+                     analog_scenario=None, lif_card="sims/brian2_lif.toml", threads: int = 2) -> dict:
+    """Brian2 speed on an exported dense network, per code-generation target: the rate model with the
+    analog scenario's integration (same Δt/τ and number of steps, so the work per inference is the
+    same as the analog substrate's), and the LIF model of `lif_card`. Reports simulated seconds per wall
+    second, inferences per second, and the build (code generation, compilation) and run parts; then the
+    analog substrate (numba kernel, full read noise) on the same images and step count for the ratio."""
+    from neurohw.data import load_raw
+    from neurohw.io.hdf5 import load_spec
+    from neurohw.simulate import dataset_of
+    from neurohw.substrates.analog import load_scenario
+    from neurohw.substrates.brian2 import Brian2Substrate, load_brian2_scenario
+
+    spec = load_spec(path)
+    _, _, x_test, y_test = load_raw(dataset_of(spec))
+    x, y = spec.preprocess(x_test[:n].numpy()), y_test[:n].numpy()
+    sub = load_scenario(analog_scenario).substrate
+    h, steps = sub.dt_s / sub.tau_s, sub.max_steps
+    rate_cfg = [f"brian2.dt_ms={10.0 * h!r}", "brian2.tau_ms=10", f"brian2.t_free_ms={10.0 * h * steps!r}", "brian2.batch_size=50"]
+    rows = []
+    for model, card, overrides in (("rate", None, rate_cfg), ("lif", lif_card, ["brian2.batch_size=50"])):
+        for target in targets:
+            sc = load_brian2_scenario(card, [*overrides, f"brian2.target={target}"])
+            b2sub = Brian2Substrate(sc)
+            t0 = time.perf_counter()
+            pred = b2sub.run(spec, x).predictions
+            wall = time.perf_counter() - t0
+            simulated = n * sc.brian2.free_steps * sc.brian2.dt_ms * 1e-3
+            rows.append({
+                "model": model, "target": target, "wall_s": wall, "build_s": b2sub.wall_build_s, "run_s": b2sub.wall_run_s,
+                "simulated_s": simulated, "simulated_s_per_wall_s": simulated / wall, "inferences_per_s": n / wall,
+                "steps_per_inference": sc.brian2.free_steps, "accuracy": float((pred == y).mean()),
+            })
+    analog = run_analog_bench(path, analog_scenario, n, threads)
+    cython_rate = [r for r in rows if r["model"] == "rate" and r["target"] == "cython"]
+    return {
+        "file": str(path), "n": n, "analog_scenario": str(analog_scenario), "analog_steps_per_inference": steps,
+        "brian2": rows, "analog": analog,
+        "analog_kernel_over_brian2_cython": (analog["kernel_inferences_per_s"] / cython_rate[0]["inferences_per_s"]
+                                             if cython_rate else None),
+        "threads": threads, "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "date_utc": time.strftime("%Y-%m-%d", time.gmtime()),
+    }
+
+
+def format_brian2_bench(r: dict) -> str:
+    lines = [f"Brian2 on {r['file']}, {r['n']} MNIST test images ({r['date_utc']}, {r['machine']}):",
+             "  model target          inf/s   sim s/wall s   build s   run s   steps   accuracy"]
+    for row in r["brian2"]:
+        lines.append(f"  {row['model']:<5} {row['target']:<15} {row['inferences_per_s']:6.2f} {row['simulated_s_per_wall_s']:13.3f} "
+                     f"{row['build_s']:9.1f} {row['run_s']:7.1f} {row['steps_per_inference']:7d} {100 * row['accuracy']:9.2f} %")
+    a = r["analog"]
+    lines.append(f"  analog numba kernel (full read noise, {r['analog_steps_per_inference']} steps): {a['kernel_inferences_per_s']:.1f} inf/s, "
+                 f"numpy twin {a['twin_inferences_per_s']:.1f} inf/s")
+    if r["analog_kernel_over_brian2_cython"] is not None:
+        lines.append(f"  analog kernel / Brian2 cython rate model: {r['analog_kernel_over_brian2_cython']:.1f} ×")
+    return "\n".join(lines)

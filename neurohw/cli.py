@@ -66,6 +66,17 @@ def cmd_gdu(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from neurohw.bench import format_bench, run_analog_bench, run_bench
 
+    if args.brian2:
+        from neurohw.bench import format_brian2_bench, run_brian2_bench
+
+        targets = tuple(t.strip() for t in args.targets.split(","))
+        r = run_brian2_bench(args.brian2, args.samples, targets, args.sim, threads=args.threads or 2)
+        print(format_brian2_bench(r))
+        if args.json:
+            from neurohw.io.atomic import write_text
+
+            write_text(args.json, json.dumps(r, indent=2) + "\n")
+        return 0
     if args.analog:
         r = run_analog_bench(args.analog, args.sim, args.samples, args.threads or 2)
         print(f"analog substrate, {r['n']} MNIST inferences, {r['threads']} threads: numba kernel "
@@ -176,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     b.add_argument("--repeats", type=int, default=3, help="runs per engine, fastest reported (default 3)")
     b.add_argument("--analog", metavar="FILE.h5", help="instead: the analog substrate's inference rate on this file")
-    b.add_argument("--sim", help="with --analog: scenario card (default: full noise)")
+    b.add_argument("--brian2", metavar="FILE.h5", help="instead: Brian2 speed per code-generation target on this file, next to the analog substrate")
+    b.add_argument("--targets", default="numpy,cython,cpp_standalone", help="with --brian2: comma-separated targets")
+    b.add_argument("--sim", help="with --analog/--brian2: the analog scenario card (default: full noise)")
     b.add_argument("--data-dir", help="dataset folder")
     b.add_argument("--json", help="write the figures to this JSON file")
     b.set_defaults(func=cmd_bench)
@@ -204,8 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     sm = sub.add_parser("simulate", help="run an exported network on a substrate next to the torch reference")
     sm.add_argument("file", help="network file (neurohw export)")
     sm.add_argument("overrides", nargs="*", metavar="key=value", help="scenario overrides, e.g. peripherals.adc_bits=6")
-    sm.add_argument("--substrate", default="analog", help="torch | analog (default analog)")
-    sm.add_argument("--sim", help="scenario card sims/<scenario>.toml (default: ideal)")
+    sm.add_argument("--substrate", default="analog", help="torch | analog | brian2 (default analog)")
+    sm.add_argument("--sim", help="scenario card sims/<scenario>.toml (default: ideal; brian2: the rate model's defaults)")
     sm.add_argument("--n", type=int, default=1000, help="test images (0: all)")
     sm.add_argument("--engine", default="kernel", help="analog: kernel (numba) | twin (numpy)")
     sm.add_argument("--data-dir", help="dataset folder")

@@ -29,3 +29,7 @@ class DivergenceError(NeurohwError, FloatingPointError):
 
 class SpecError(NeurohwError):
     """An exported network file is missing, damaged or invalid (names the file and the dataset)."""
+
+
+class SubstrateError(NeurohwError, RuntimeError):
+    """A substrate cannot run on this machine (e.g. a code-generation target fails to build)."""

@@ -1,4 +1,4 @@
-"""`neurohw simulate FILE.h5 --substrate torch|analog [--sim sims/<scenario>.toml] [--n N] [--out report.json]`.
+"""`neurohw simulate FILE.h5 --substrate torch|analog|brian2 [--sim sims/<scenario>.toml] [--n N] [--out report.json]`.
 
 Runs the exported network on a substrate over the first N test images of its dataset, next to the
 torch substrate (the reference) on the same images, and writes report.json: `accuracy`,
@@ -23,7 +23,7 @@ from neurohw.io.hdf5 import load_spec
 from neurohw.spec import NetworkSpec
 from neurohw.substrates.torch import TorchSubstrate
 
-SUBSTRATES = ("torch", "analog")
+SUBSTRATES = ("torch", "analog", "brian2")
 
 
 def dataset_of(spec: NetworkSpec) -> str:
@@ -51,7 +51,15 @@ def simulate(path: str | Path, substrate: str = "analog", scenario_path: str | P
              overrides: list[str] | tuple[str, ...] = (), data_dir=None, engine: str = "kernel") -> dict[str, Any]:
     if substrate not in SUBSTRATES:
         raise ConfigError(f"unknown substrate '{substrate}'; valid: {', '.join(SUBSTRATES)}")
+    if substrate == "brian2":  # check the card and the network before any simulation starts
+        from neurohw.substrates.brian2 import load_brian2_scenario
+
+        b2_scenario = load_brian2_scenario(scenario_path, overrides)
     spec = load_spec(path)
+    if substrate == "brian2":
+        from neurohw.substrates.brian2.network import DenseNet
+
+        DenseNet.from_spec(spec)
     _, _, x_test, y_test = load_raw(dataset_of(spec), data_dir)
     n = min(int(n), len(y_test)) if n > 0 else len(y_test)
     images, labels = x_test[:n].numpy(), y_test[:n].numpy()
@@ -62,6 +70,24 @@ def simulate(path: str | Path, substrate: str = "analog", scenario_path: str | P
     report: dict[str, Any] = {"file": str(path), "substrate": substrate, "n_samples": n}
     if substrate == "torch":
         predictions, wall, extra = reference, ref_wall, {}
+    elif substrate == "brian2":
+        from neurohw.substrates.brian2 import Brian2Substrate
+
+        sub = Brian2Substrate(b2_scenario)
+        t0 = time.perf_counter()
+        predictions = sub.run(spec, x).predictions
+        wall = time.perf_counter() - t0
+        b = b2_scenario.brian2
+        simulated = n * b.free_steps * b.dt_ms * 1e-3
+        extra = {
+            "scenario_file": str(scenario_path) if scenario_path else None,
+            "scenario": asdict(b2_scenario),
+            "target": sub.target,
+            "build_wall_s": sub.wall_build_s,
+            "run_wall_s": sub.wall_run_s,
+            "simulated_s": simulated,
+            "simulated_s_per_wall_s": simulated / wall if wall > 0 else None,
+        }
     else:
         from neurohw.substrates.analog import AnalogSubstrate, load_scenario
 
@@ -101,6 +127,9 @@ def format_report(r: dict[str, Any]) -> str:
         f"(torch reference {100 * r['reference_accuracy']:.2f} %, agreement {100 * r['agreement']:.2f} %), "
         f"{r['wall_s']:.1f} s"
     ]
+    if "simulated_s_per_wall_s" in r:
+        lines.append(f"  brian2 target {r['target']}: {r['simulated_s']:.1f} s simulated (all samples), "
+                     f"{r['simulated_s_per_wall_s']:.2f} simulated s per wall s")
     if "settling_time_s" in r:
         st = r["settling_time_s"]
         lines.append(f"  settling time mean {st['mean'] * 1e6:.2f} µs, max {st['max'] * 1e6:.2f} µs; unsettled: {r['unsettled']}")
