@@ -92,3 +92,27 @@ def test_every_device_card_loads_and_learns_a_step(tmp_path, mnist_small):
         tr.train_batch(x, y, np.arange(20))
         assert tr.pulses > 0 and any(not np.array_equal(a.w, b) for a, b in zip(tr.net.arrays, w0)), card
         assert all(np.all((a.w >= a.b_min) & (a.w <= a.b_max)) for a in tr.net.arrays), card
+
+
+def test_cosine_schedule_scales_every_learning_rate(mnist_small, tmp_path):
+    """Epoch e of E writes with η·½(1 + cos(πe/E)): a trainer at scale ½ writes exactly the pulses of
+    one whose card has η/2 (same pulse seed), and fit logs the scales."""
+    x = mnist_small.train.images[:5].numpy().reshape(5, -1) / 255.0
+    y = np.eye(10)[mnist_small.train.labels[:5].numpy()]
+    base = SMALL + ["insitu.schedule=cosine", "insitu.epochs=2"]
+    a = InSituTrainer(load_insitu("sims/insitu_constantstep.toml", base + ["insitu.lrs=[0.01, 0.004]"]), tmp_path, splits=mnist_small, log=None)
+    b = InSituTrainer(load_insitu("sims/insitu_constantstep.toml", base + ["insitu.lrs=[0.005, 0.002]"]), tmp_path, splits=mnist_small, log=None)
+    assert [a.schedule(e) for e in range(2)] == [1.0, 0.5]
+    a.lr_scale = a.schedule(1)
+    a.train_batch(x, y, np.arange(5))
+    b.train_batch(x, y, np.arange(5))
+    assert a.pulses == b.pulses > 0
+    for wa, wb in zip(a.net.arrays, b.net.arrays):
+        np.testing.assert_array_equal(wa.w, wb.w)
+    with pytest.raises(ConfigError, match="insitu.schedule = 'step'"):
+        load_insitu(None, ["insitu.schedule=step"])
+    sc = load_insitu("sims/insitu_constantstep.toml", SMALL + ["insitu.schedule=cosine", "insitu.epochs=2", "insitu.limit_train=20",
+                                                             "insitu.limit_eval=20"])
+    InSituTrainer(sc, tmp_path, splits=mnist_small, log=None).fit()
+    lines = [__import__("json").loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [l["lr_scale"] for l in lines] == [1.0, 0.5]

@@ -50,6 +50,7 @@ class InSituConfig:
     lrs: tuple[float, ...] = _f((0.0056, 0.0028), "learning rate η per layer")
     write: str = _f("contrast", "phase | contrast (module doc)")
     epochs: int = _f(1, "training epochs")
+    schedule: str = _f("none", "none (constant η) | cosine (η·½(1 + cos(π·epoch/epochs)) in epoch 0, 1, …)")
     batch_size: int = _f(20, "samples per batch")
     val_size: int = _f(5000, "validation samples held out of the training set")
     limit_train: int = _f(0, "first N training samples only (0: all)")
@@ -63,6 +64,8 @@ class InSituConfig:
             raise ConfigError(f"insitu.activation = '{self.activation}' has no analog kernel; valid: {', '.join(ACTIVATION_IDS)}")
         if self.nudge not in ("inside", "outside"):
             raise ConfigError(f"insitu.nudge = '{self.nudge}' is not valid; valid: inside, outside")
+        if self.schedule not in ("none", "cosine"):
+            raise ConfigError(f"insitu.schedule = '{self.schedule}' is not valid; valid: none, cosine")
         if self.write not in ("phase", "contrast"):
             raise ConfigError(f"insitu.write = '{self.write}' is not valid; valid: phase, contrast")
         for key in ("beta", "T_nudge", "interval_steps", "epochs", "batch_size"):
@@ -143,6 +146,14 @@ class InSituTrainer:
         self.lrs = list(cfg.lrs) * n if len(cfg.lrs) == 1 else list(cfg.lrs)
         self.counter = 0
         self.pulses = 0
+        self.lr_scale = 1.0
+
+    def schedule(self, epoch: int) -> float:
+        """The factor on every η in epoch `epoch` (0-based)."""
+        cfg = self.sc.insitu
+        if cfg.schedule == "none":
+            return 1.0
+        return 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
 
     def _x(self, images) -> np.ndarray:
         return images.numpy().reshape(len(images), -1).astype(np.float64) / 255.0
@@ -164,7 +175,7 @@ class InSituTrainer:
                                       steps=cfg.interval_steps, phase=k + 1)
             pre, pre_n = [x, *s[:-1]], [x, *s_next[:-1]]
             for i in range(len(self.net.arrays)):
-                coeff = self.lrs[i] / (cfg.beta * b)
+                coeff = self.lr_scale * self.lrs[i] / (cfg.beta * b)
                 if cfg.write == "phase":
                     self._write(i, s_next[i], pre_n[i], coeff)
                     self._write(i, s[i], pre[i], -coeff)
@@ -200,6 +211,7 @@ class InSituTrainer:
         history = []
         for epoch in range(cfg.epochs):
             t0 = time.perf_counter()
+            self.lr_scale = self.schedule(epoch)
             perm = torch.randperm(len(train), generator=gen)[: n_batches * cfg.batch_size].view(n_batches, cfg.batch_size)
             loss_sum, correct = 0.0, 0
             for bi in range(n_batches):
@@ -215,7 +227,7 @@ class InSituTrainer:
             val, test = self.error(self.splits.val), self.error(self.splits.test)
             line = {"epoch": epoch + 1, "train_error": 1 - correct / n_seen, "train_loss": loss_sum / n_seen,
                     "val_error": val, "test_error": test, "wall_s": time.perf_counter() - t0,
-                    "samples_per_s": n_seen / train_wall, "pulses": self.pulses}
+                    "samples_per_s": n_seen / train_wall, "pulses": self.pulses, "lr_scale": self.lr_scale}
             history.append(line)
             with open(metrics, "a") as f:
                 f.write(json.dumps(line) + "\n")

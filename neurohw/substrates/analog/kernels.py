@@ -71,11 +71,17 @@ def _rho(act, a):
 def _noisy(y, norm, w_max, w_noise, out_noise, adc_delta, out_bound, seed, sid, step, stage, read, layer):
     """Per-read noise, then clipping and the ADC, on the ideal products y (in place)."""
     if w_noise > 0.0 or out_noise > 0.0:
-        sigma = w_noise * w_max * norm
+        # weight and output noise are independent Gaussians on the same output: one draw of their
+        # combined std; one Box–Muller pair serves outputs 2m and 2m+1 (eq. read)
+        s_w = w_noise * w_max * norm
+        sigma = np.sqrt(s_w * s_w + out_noise * out_noise)
         base = _read_key(seed, sid, step, stage, read, layer)
-        for j in range(y.shape[0]):
-            z_w, z_out = _normal_pair(_mix(base ^ np.uint64(j)))
-            y[j] += sigma * z_w + out_noise * z_out
+        n = y.shape[0]
+        for m in range((n + 1) // 2):
+            z1, z2 = _normal_pair(_mix(base ^ np.uint64(m)))
+            y[2 * m] += sigma * z1
+            if 2 * m + 1 < n:
+                y[2 * m + 1] += sigma * z2
     if adc_delta > 0.0 or out_bound > 0.0:
         for j in range(y.shape[0]):
             y[j] = _quantise(y[j], adc_delta, out_bound)

@@ -26,12 +26,13 @@ def noisy(y: np.ndarray, vq_norm: np.ndarray, w_max: float, per: PeripheralConfi
           step: int, stage: int, read: int, layer: int) -> np.ndarray:
     """Per-read noise and the ADC applied to the ideal products y (B, n)."""
     if per.w_noise > 0 or per.out_noise > 0:
-        j = np.arange(y.shape[1], dtype=np.uint64)[None, :]
-        z_w, z_out = rng.normal_pair(rng.key(seed, ids.astype(np.uint64)[:, None], step, stage, read, layer, j))
-        if per.w_noise > 0:
-            y = y + per.w_noise * w_max * vq_norm[:, None] * z_w
-        if per.out_noise > 0:
-            y = y + per.out_noise * z_out
+        n = y.shape[1]
+        m = np.arange((n + 1) // 2, dtype=np.uint64)[None, :]
+        z1, z2 = rng.normal_pair(rng.key(seed, ids.astype(np.uint64)[:, None], step, stage, read, layer, m))
+        z = np.empty((y.shape[0], 2 * m.shape[1]))
+        z[:, 0::2], z[:, 1::2] = z1, z2  # output 2m draws the cos branch of pair m, output 2m+1 the sin branch
+        sigma = np.sqrt((per.w_noise * w_max * vq_norm[:, None]) ** 2 + per.out_noise**2)
+        y = y + sigma * z[:, :n]
     return quantise(y, per.adc_delta, per.out_bound)
 
 
