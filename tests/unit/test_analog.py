@@ -63,6 +63,29 @@ def test_counter_rng_matches_between_numpy_and_numba():
     assert abs(both.mean()) < 0.05 and abs(both.std() - 1) < 0.03 and abs(np.corrcoef(z1, z2)[0, 1]) < 0.05
 
 
+def test_polar_normals_match_between_numpy_and_numba():
+    """The polar method takes the same attempts in the kernel and in numpy (the accept test uses no
+    transcendental function) and gives independent standard normals: moments at n = 8,192 pairs
+    (standard errors 0.008 on a mean and std, 0.011 on a correlation)."""
+    from numba import njit
+
+    @njit
+    def draw(keys):
+        out = np.empty((keys.shape[0], 2))
+        for j in range(keys.shape[0]):
+            out[j, 0], out[j, 1] = kernels._polar_pair(keys[j])
+        return out
+
+    k = rng.key(5, 1, 2, np.arange(8192, dtype=np.uint64))
+    z1, z2 = rng.polar_pair(k)
+    ours = draw(k)
+    np.testing.assert_allclose(ours[:, 0], z1, rtol=0, atol=1e-14)
+    np.testing.assert_allclose(ours[:, 1], z2, rtol=0, atol=1e-14)
+    both = np.concatenate([z1, z2])
+    assert abs(both.mean()) < 0.04 and abs(both.std() - 1) < 0.03 and abs(np.corrcoef(z1, z2)[0, 1]) < 0.05
+    assert abs(np.mean(both**4) - 3) < 0.25  # Gaussian kurtosis (a uniform-ish law would give ≈ 1.8)
+
+
 PERIPHERALS = {
     "ideal": PeripheralConfig(),
     "noise": PeripheralConfig(w_noise=0.03, out_noise=0.01),

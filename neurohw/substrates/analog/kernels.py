@@ -46,6 +46,20 @@ def _normal_pair(k):
 
 
 @njit(cache=True, inline="always")
+def _polar_pair(k):
+    """rng.polar_pair: Marsaglia's polar method on the counter stream of key k."""
+    a = np.uint64(0)
+    while True:
+        u = 2.0 * ((np.float64(_mix(k ^ (a + a + U1)) >> S11) + 1.0) * INV53) - 1.0
+        v = 2.0 * ((np.float64(_mix(k ^ (a + a + U2)) >> S11) + 1.0) * INV53) - 1.0
+        s = u * u + v * v
+        if s > 0.0 and s < 1.0:
+            f = np.sqrt(-2.0 * np.log(s) / s)
+            return u * f, v * f
+        a += U1
+
+
+@njit(cache=True, inline="always")
 def _quantise(v, delta, bound):
     if bound > 0.0:
         v = min(max(v, -bound), bound)
@@ -72,13 +86,13 @@ def _noisy(y, norm, w_max, w_noise, out_noise, adc_delta, out_bound, seed, sid, 
     """Per-read noise, then clipping and the ADC, on the ideal products y (in place)."""
     if w_noise > 0.0 or out_noise > 0.0:
         # weight and output noise are independent Gaussians on the same output: one draw of their
-        # combined std; one Box–Muller pair serves outputs 2m and 2m+1 (eq. read)
+        # combined std; one polar-method pair serves outputs 2m and 2m+1 (eq. read)
         s_w = w_noise * w_max * norm
         sigma = np.sqrt(s_w * s_w + out_noise * out_noise)
         base = _read_key(seed, sid, step, stage, read, layer)
         n = y.shape[0]
         for m in range((n + 1) // 2):
-            z1, z2 = _normal_pair(_mix(base ^ np.uint64(m)))
+            z1, z2 = _polar_pair(_mix(base ^ np.uint64(m)))
             y[2 * m] += sigma * z1
             if 2 * m + 1 < n:
                 y[2 * m + 1] += sigma * z2

@@ -9,6 +9,9 @@ and a rerun on another machine draw bit-identical numbers, whatever the scheduli
     uniform(k) = ((mix(k) >> 11) + 1) · 2⁻⁵³ ∈ (0, 1]
     normal(k)  = √(−2 ln uniform(k ⊕ 1)) · cos(2π · uniform(k ⊕ 2))        (Box–Muller)
     normal_sin(k) = the same with sin: a second, independent normal from the same key
+    polar_pair(k) = (u, v)·√(−2 ln s / s), s = u² + v², for the first attempt a = 0, 1, … with 0 < s < 1,
+                    u = 2·uniform(k ⊕ (2a+1)) − 1, v = 2·uniform(k ⊕ (2a+2)) − 1   (Marsaglia's polar method;
+                    no trigonometry: the read noise of the crossbar, drawn at every step, uses it)
 """
 
 from __future__ import annotations
@@ -54,3 +57,24 @@ def normal_pair(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def normal(k: np.ndarray) -> np.ndarray:
     return normal_pair(k)[0]
+
+
+def polar_pair(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Two independent standard normals per key by Marsaglia's polar method (module doc): the
+    accept/reject decisions use no transcendental function, so the kernels take the same attempts."""
+    k = np.asarray(k, dtype=np.uint64)
+    z1, z2 = np.empty(k.shape), np.empty(k.shape)
+    todo = np.ones(k.shape, dtype=bool)
+    a = 0
+    while todo.any():
+        kk = k[todo]
+        u = 2.0 * uniform(kk ^ np.uint64(2 * a + 1)) - 1.0
+        v = 2.0 * uniform(kk ^ np.uint64(2 * a + 2)) - 1.0
+        s_ = u * u + v * v
+        ok = (s_ > 0.0) & (s_ < 1.0)
+        f = np.sqrt(-2.0 * np.log(np.where(ok, s_, 0.5)) / np.where(ok, s_, 0.5))
+        idx = np.flatnonzero(todo)[ok]
+        z1.flat[idx], z2.flat[idx] = (u * f)[ok], (v * f)[ok]
+        todo.flat[idx] = False
+        a += 1
+    return z1, z2

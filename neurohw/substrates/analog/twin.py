@@ -28,9 +28,9 @@ def noisy(y: np.ndarray, vq_norm: np.ndarray, w_max: float, per: PeripheralConfi
     if per.w_noise > 0 or per.out_noise > 0:
         n = y.shape[1]
         m = np.arange((n + 1) // 2, dtype=np.uint64)[None, :]
-        z1, z2 = rng.normal_pair(rng.key(seed, ids.astype(np.uint64)[:, None], step, stage, read, layer, m))
+        z1, z2 = rng.polar_pair(rng.key(seed, ids.astype(np.uint64)[:, None], step, stage, read, layer, m))
         z = np.empty((y.shape[0], 2 * m.shape[1]))
-        z[:, 0::2], z[:, 1::2] = z1, z2  # output 2m draws the cos branch of pair m, output 2m+1 the sin branch
+        z[:, 0::2], z[:, 1::2] = z1, z2  # output 2m takes the first normal of pair m, output 2m+1 the second
         sigma = np.sqrt((per.w_noise * w_max * vq_norm[:, None]) ** 2 + per.out_noise**2)
         y = y + sigma * z[:, :n]
     return quantise(y, per.adc_delta, per.out_bound)
