@@ -149,7 +149,7 @@ def cmd_insitu(args: argparse.Namespace) -> int:
     from neurohw.substrates.analog.insitu import InSituTrainer, load_insitu
 
     sc = load_insitu(args.card, args.overrides, args.pulsed)
-    summary = InSituTrainer(sc, args.out, args.data_dir).fit()
+    summary = InSituTrainer(sc, args.out, args.data_dir).fit(resume=args.resume)
     print(f"{args.out}: best epoch {summary['best_epoch']} by validation error ({100 * summary['val_error']:.2f} %): "
           f"test error {100 * summary['test_error']:.2f} %, {summary['pulses']} pulses")
     return 0
@@ -230,6 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. insitu.epochs=1 pulsed.dw_min=0.002")
     it.add_argument("--pulsed", help="device card sims/devices/*.toml replacing the card's [pulsed] table")
     it.add_argument("--out", default="runs/insitu", help="run directory (default runs/insitu)")
+    it.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint (more epochs allowed)")
     it.add_argument("--data-dir", help="dataset folder")
     it.set_defaults(func=cmd_insitu)
 

@@ -116,3 +116,31 @@ def test_cosine_schedule_scales_every_learning_rate(mnist_small, tmp_path):
     InSituTrainer(sc, tmp_path, splits=mnist_small, log=None).fit()
     lines = [__import__("json").loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [l["lr_scale"] for l in lines] == [1.0, 0.5]
+
+
+def test_resume_continues_bit_for_bit(mnist_small, tmp_path):
+    """2 epochs in one go = 1 epoch, then `fit(resume=True)` with epochs=2: the same devices, biases,
+    pulse count and metrics (pulse trains and noise are keyed by counters; the shuffling generator is
+    restored). A changed scenario or a missing checkpoint is refused by name."""
+    base = SMALL + ["insitu.limit_train=40", "insitu.limit_eval=20"]
+    card = "sims/insitu_constantstep.toml"
+    a = InSituTrainer(load_insitu(card, base + ["insitu.epochs=2"]), tmp_path / "a", splits=mnist_small, log=None)
+    a.fit()
+    InSituTrainer(load_insitu(card, base + ["insitu.epochs=1"]), tmp_path / "b", splits=mnist_small, log=None).fit()
+    b = InSituTrainer(load_insitu(card, base + ["insitu.epochs=2"]), tmp_path / "b", splits=mnist_small, log=None)
+    b.fit(resume=True)
+    for x, y in zip(a.net.arrays, b.net.arrays):
+        np.testing.assert_array_equal(x.w, y.w)
+    for x, y in zip(a.net.biases, b.net.biases):
+        np.testing.assert_array_equal(x, y)
+    assert a.pulses == b.pulses > 0
+    strip = lambda p: [{k: v for k, v in __import__("json").loads(l).items() if k not in ("wall_s", "samples_per_s")}
+                       for l in p.read_text().splitlines()]
+    assert strip(tmp_path / "a" / "metrics.jsonl") == strip(tmp_path / "b" / "metrics.jsonl")
+    from neurohw.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="differs in insitu.beta"):
+        InSituTrainer(load_insitu(card, base + ["insitu.epochs=3", "insitu.beta=0.3"]), tmp_path / "b",
+                      splits=mnist_small, log=None).fit(resume=True)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        InSituTrainer(load_insitu(card, base), tmp_path / "c", splits=mnist_small, log=None).fit(resume=True)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,8 +30,8 @@ from neurohw.config import apply_overrides, build_dataclass, read_toml
 from neurohw.data import DATASETS, load_splits
 from neurohw.devices.pulse_kernels import outer_update
 from neurohw.devices.pulsed import PulsedArray, PulsedDeviceConfig, UpdateConfig
-from neurohw.errors import ConfigError
-from neurohw.io.atomic import write_text
+from neurohw.errors import CheckpointError, ConfigError
+from neurohw.io.atomic import atomic_path, write_text
 from neurohw.substrates.analog import twin
 from neurohw.substrates.analog.model import ACTIVATION_IDS, Crossbars, PeripheralConfig, SubstrateConfig
 
@@ -199,17 +200,55 @@ class InSituTrainer:
             wrong += int((out.argmax(1) != labels[i : i + 1000]).sum())
         return wrong / max(len(x), 1)
 
-    def fit(self) -> dict[str, Any]:
+    def _scenario_for_resume(self) -> dict:
+        """The scenario a checkpoint must match to be continued (any number of epochs may follow,
+        unless the η schedule depends on it)."""
+        d = {k: asdict(v) for k, v in vars(self.sc).items()}
+        if self.sc.insitu.schedule == "none":
+            d["insitu"].pop("epochs")
+        return d
+
+    def save(self, epoch: int, gen: torch.Generator, best: tuple, history: list) -> None:
+        """checkpoint.pkl after `epoch` epochs: the devices (weights and device-to-device draws), the
+        biases, the pulse counter and the shuffling generator, so that `fit(resume=True)` continues
+        bit for bit (pulse trains and read noise are keyed by counters)."""
+        state = {"epoch": epoch, "net": self.net, "counter": self.counter, "pulses": self.pulses,
+                 "generator": gen.get_state(), "best": best, "history": history, "scenario": self._scenario_for_resume()}
+        with atomic_path(self.out / "checkpoint.pkl") as tmp:
+            with open(tmp, "wb") as f:
+                pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def _load(self, gen: torch.Generator) -> tuple[int, tuple, list]:
+        path = self.out / "checkpoint.pkl"
+        try:
+            with open(path, "rb") as f:
+                state = pickle.load(f)
+        except FileNotFoundError:
+            raise CheckpointError(f"cannot resume: '{path}' does not exist") from None
+        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
+            raise CheckpointError(f"cannot resume: '{path}' is damaged ({type(e).__name__}: {e})") from None
+        if state["scenario"] != self._scenario_for_resume():
+            diff = sorted(f"{sec}.{k}" for sec, t in self._scenario_for_resume().items() for k, v in t.items()
+                          if state["scenario"].get(sec, {}).get(k) != v)
+            raise CheckpointError(f"cannot resume '{path}': the scenario differs in {', '.join(diff) or 'its sections'}")
+        self.net, self.counter, self.pulses = state["net"], state["counter"], state["pulses"]
+        gen.set_state(state["generator"])
+        return state["epoch"], tuple(state["best"]), list(state["history"])
+
+    def fit(self, resume: bool = False) -> dict[str, Any]:
         cfg = self.sc.insitu
         self.out.mkdir(parents=True, exist_ok=True)
         metrics = self.out / "metrics.jsonl"
-        metrics.write_text("")
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         train = self.splits.train
         n_batches = len(train) // cfg.batch_size
         best = (math.inf, 0, math.nan)
         history = []
-        for epoch in range(cfg.epochs):
+        start = 0
+        if resume:
+            start, best, history = self._load(gen)
+        write_text(metrics, "".join(json.dumps(h) + "\n" for h in history))
+        for epoch in range(start, cfg.epochs):
             t0 = time.perf_counter()
             self.lr_scale = self.schedule(epoch)
             perm = torch.randperm(len(train), generator=gen)[: n_batches * cfg.batch_size].view(n_batches, cfg.batch_size)
@@ -233,6 +272,7 @@ class InSituTrainer:
                 f.write(json.dumps(line) + "\n")
             if val < best[0]:
                 best = (val, epoch + 1, test)
+            self.save(epoch + 1, gen, best, history)
             self.log(f"epoch {epoch + 1}/{cfg.epochs}  train {100 * line['train_error']:.2f} %  val {100 * val:.2f} %  "
                      f"test {100 * test:.2f} %  {line['wall_s']:.0f} s  {self.pulses} pulses")
         summary = {"val_error": best[0], "best_epoch": best[1], "test_error": best[2], "epochs": cfg.epochs,
