@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh CPU-only machine (no internet but the package registries):
 #   make demo   creates .venv, trains the default card (mnist_ep_fc1) for one epoch, prints the test error,
-#               exports the net mapped onto a ReRAM-like device profile and prints its summary
+#               exports the net mapped onto a ReRAM-like device profile, prints its summary, and simulates it
+#               on the analog crossbar substrate (1,000 test images) and on Brian2 rate neurons (200 images)
 #   make test   creates .venv, runs the tests
 PYTHON ?= python3
 VENV   := .venv
@@ -27,6 +28,8 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m neurohw train models/mnist_ep_fc1.toml train.epochs=1 --out runs/demo --overwrite
 	$(PY) -m neurohw export runs/demo --device sims/reram_64levels.toml --out runs/demo/network.h5
+	$(PY) -m neurohw simulate runs/demo/network.h5 --substrate analog --sim sims/ideal.toml --n 1000 --out runs/demo/report_analog.json
+	$(PY) -m neurohw simulate runs/demo/network.h5 --substrate brian2 --sim sims/brian2_rate.toml --n 200 --out runs/demo/report_brian2.json
 
 test: $(STAMP)
 	$(PY) -m pytest -q
