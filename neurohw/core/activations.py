@@ -44,7 +44,10 @@ ACTIVATIONS: Registry[Activation] = Registry("activation")
 
 
 def _np_sigmoid(a: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * a))  # overflow-free logistic
+    """Overflow-free logistic with one exp (the analog kernels compute the same expression)."""
+    a = np.asarray(a, dtype=np.float64)
+    e = np.exp(-np.abs(a))
+    return np.where(a >= 0.0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 for _act in (

@@ -76,8 +76,12 @@ def _rho(act, a):
         return min(max(a, 0.0), 1.0)
     if act == 2:
         return min(max(0.5 * a, 0.0), 1.0)
-    if act == 3:
-        return 0.5 * (1.0 + np.tanh(0.5 * (4.0 * a - 2.0)))
+    if act == 3:  # the logistic of 4a − 2 with one exp, overflow-free (activations._np_sigmoid)
+        z = 4.0 * a - 2.0
+        if z >= 0.0:
+            return 1.0 / (1.0 + np.exp(-z))
+        e = np.exp(z)
+        return e / (1.0 + e)
     return a
 
 
