@@ -63,38 +63,32 @@ def cmd_gdu(args: argparse.Namespace) -> int:
     return 0
 
 
+def _write_json(path: str | None, obj: dict) -> None:
+    """Write `obj` as indented JSON to `path` (atomically), if a path was given."""
+    if path:
+        from neurohw.io.atomic import write_text
+
+        write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
-    from neurohw.bench import format_bench, run_analog_bench, run_bench
+    from neurohw import bench
 
     if args.brian2:
-        from neurohw.bench import format_brian2_bench, run_brian2_bench
-
         targets = tuple(t.strip() for t in args.targets.split(","))
-        r = run_brian2_bench(args.brian2, args.samples, targets, args.sim, threads=args.threads or 2)
-        print(format_brian2_bench(r))
-        if args.json:
-            from neurohw.io.atomic import write_text
-
-            write_text(args.json, json.dumps(r, indent=2) + "\n")
-        return 0
-    if args.analog:
-        r = run_analog_bench(args.analog, args.sim, args.samples, args.threads or 2)
+        r = bench.run_brian2_bench(args.brian2, args.samples, targets, args.sim, threads=args.threads or 2)
+        print(bench.format_brian2_bench(r))
+    elif args.analog:
+        r = bench.run_analog_bench(args.analog, args.sim, args.samples, args.threads or 2)
         print(f"analog substrate, {r['n']} MNIST inferences, {r['threads']} threads: numba kernel "
               f"{r['kernel_inferences_per_s']:.0f}/s, numpy twin {r['twin_inferences_per_s']:.0f}/s ({r['ratio']:.1f} ×); "
               f"accuracy {100 * r['kernel_accuracy']:.2f} % / {100 * r['twin_accuracy']:.2f} %")
-        if args.json:
-            from neurohw.io.atomic import write_text
-
-            write_text(args.json, json.dumps(r, indent=2) + "\n")
-        return 0
-    result = run_bench(
-        samples=args.samples, device=args.device, data_dir=args.data_dir, threads=args.threads, repeats=args.repeats
-    )
-    print(format_bench(result))
-    if args.json:
-        from neurohw.io.atomic import write_text
-
-        write_text(args.json, json.dumps(result, indent=2) + "\n")
+    else:
+        r = bench.run_bench(
+            samples=args.samples, device=args.device, data_dir=args.data_dir, threads=args.threads, repeats=args.repeats
+        )
+        print(bench.format_bench(r))
+    _write_json(args.json, r)
     return 0
 
 
@@ -138,10 +132,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
     report = simulate(args.file, args.substrate, args.sim, args.n, args.overrides, args.data_dir, args.engine)
     print(format_report(report))
-    if args.out:
-        from neurohw.io.atomic import write_text
-
-        write_text(args.out, json.dumps(report, indent=2) + "\n")
+    _write_json(args.out, report)
     return 0
 
 

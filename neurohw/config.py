@@ -22,18 +22,24 @@ from neurohw.core.registry import did_you_mean
 from neurohw.errors import ConfigError
 
 
-def _f(default: Any, doc: str) -> Any:
+def doc_field(default: Any, doc: str) -> Any:
+    """A dataclass field with its help text (shown by `neurohw keys`); lists become tuples."""
     if isinstance(default, (list, tuple)):
         return field(default=tuple(default), metadata={"doc": doc})
     return field(default=default, metadata={"doc": doc})
 
 
-def _choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+_f = doc_field  # the short name of the config dataclasses below
+
+
+def check_choice(key: str, value: str, choices: tuple[str, ...]) -> None:
+    """ConfigError naming `key` unless `value` is one of `choices` (with a did-you-mean)."""
     if value not in choices:
         raise ConfigError(f"{key} = '{value}' is not valid{did_you_mean(value, list(choices))}; valid: {', '.join(choices)}")
 
 
-def _positive(key: str, value: float, *, zero_ok: bool = False) -> None:
+def check_positive(key: str, value: float, *, zero_ok: bool = False) -> None:
+    """ConfigError naming `key` unless `value` is finite and > 0 (≥ 0 with zero_ok)."""
     if not (value >= 0 if zero_ok else value > 0) or (isinstance(value, float) and not math.isfinite(value)):
         raise ConfigError(f"{key} must be {'≥ 0' if zero_ok else '> 0'}, got {value}")
 
@@ -51,13 +57,13 @@ class DataConfig:
     limit_eval: int = _f(0, "evaluate on the first N validation and test samples (0 = all); for smoke tests")
 
     def __post_init__(self) -> None:
-        _choice("data.dataset", self.dataset, ("mnist", "fashion_mnist", "cifar10"))
+        check_choice("data.dataset", self.dataset, ("mnist", "fashion_mnist", "cifar10"))
         for key in ("val_size", "crop_padding", "limit_train", "limit_eval"):
-            _positive(f"data.{key}", getattr(self, key), zero_ok=True)
+            check_positive(f"data.{key}", getattr(self, key), zero_ok=True)
         if len(self.mean) != len(self.std):
             raise ConfigError(f"data.mean and data.std need the same length, got {len(self.mean)} and {len(self.std)}")
         for s in self.std:
-            _positive("data.std", s)
+            check_positive("data.std", s)
 
 
 @dataclass(frozen=True)
@@ -75,14 +81,14 @@ class NetConfig:
     nudge: str = _f("inside", "inside: s_N = ρ(∂Φ^β/∂s_N) (canonical) | outside: s_N = ρ(∂Φ/∂s_N) − β∂ℓ/∂s_N (Ernoult et al.'s code)")
 
     def __post_init__(self) -> None:
-        _choice("net.architecture", self.architecture, ("fc", "conv"))
-        _choice("net.cost", self.cost, ("mse", "ce_readout"))
-        _choice("net.nudge", self.nudge, ("inside", "outside"))
+        check_choice("net.architecture", self.architecture, ("fc", "conv"))
+        check_choice("net.cost", self.cost, ("mse", "ce_readout"))
+        check_choice("net.nudge", self.nudge, ("inside", "outside"))
         from neurohw.core.activations import ACTIVATIONS
 
-        _choice("net.activation", self.activation, tuple(ACTIVATIONS.names()))
+        check_choice("net.activation", self.activation, tuple(ACTIVATIONS.names()))
         for h in self.hidden:
-            _positive("net.hidden", h)
+            check_positive("net.hidden", h)
         if self.architecture == "fc" and self.channels:
             raise ConfigError("net.channels is set but net.architecture = 'fc'; use architecture = 'conv'")
         if self.architecture == "conv":
@@ -94,7 +100,7 @@ class NetConfig:
                 if (v or key == "kernel_sizes") and len(v) != n:
                     raise ConfigError(f"net.{key} needs {n} entries (one per conv layer), got {len(v)}")
             for p in self.pools:
-                _choice("net.pools", p, ("max2", "avg2", "none"))
+                check_choice("net.pools", p, ("max2", "avg2", "none"))
 
 
 @dataclass(frozen=True)
@@ -114,22 +120,22 @@ class LearnerConfig:
     fb_momentum: float = _f(0.9, "dtp/drl/ldrl: SGD momentum of the feedback layers")
 
     def __post_init__(self) -> None:
-        _choice("learner.algorithm", self.algorithm, ("ep", "cep", "cvf", "bptt", "bp", "dtp", "drl", "ldrl"))
-        _choice("learner.estimator", self.estimator, ("one-sided", "random-sign", "symmetric"))
-        _positive("learner.beta", self.beta)
-        _positive("learner.T_free", self.T_free)
-        _positive("learner.T_nudge", self.T_nudge)
+        check_choice("learner.algorithm", self.algorithm, ("ep", "cep", "cvf", "bptt", "bp", "dtp", "drl", "ldrl"))
+        check_choice("learner.estimator", self.estimator, ("one-sided", "random-sign", "symmetric"))
+        check_positive("learner.beta", self.beta)
+        check_positive("learner.T_free", self.T_free)
+        check_positive("learner.T_nudge", self.T_nudge)
         for key in ("T_eval", "T_backprop"):
-            _positive(f"learner.{key}", getattr(self, key), zero_ok=True)
+            check_positive(f"learner.{key}", getattr(self, key), zero_ok=True)
         for key in ("fb_iters", "fb_noise", "fb_lrs"):
             if not getattr(self, key):
                 raise ConfigError(f"learner.{key} needs at least one value")
         for k in self.fb_iters:
-            _positive("learner.fb_iters", k, zero_ok=True)
+            check_positive("learner.fb_iters", k, zero_ok=True)
         for s in self.fb_noise:
-            _positive("learner.fb_noise", s)
+            check_positive("learner.fb_noise", s)
         for lr in self.fb_lrs:
-            _positive("learner.fb_lrs", lr, zero_ok=True)
+            check_positive("learner.fb_lrs", lr, zero_ok=True)
         if not 0.0 <= self.fb_momentum < 1.0:
             raise ConfigError(f"learner.fb_momentum must be in [0, 1), got {self.fb_momentum}")
 
@@ -150,17 +156,17 @@ class TrainConfig:
     seed: int = _f(0, "seed of initialisation, shuffling and augmentation")
 
     def __post_init__(self) -> None:
-        _positive("train.epochs", self.epochs)
-        _positive("train.batch_size", self.batch_size)
-        _positive("train.eval_batch_size", self.eval_batch_size)
-        _choice("train.optimizer", self.optimizer, ("sgd", "adam"))
-        _choice("train.scheduler", self.scheduler, ("none", "cosine"))
+        check_positive("train.epochs", self.epochs)
+        check_positive("train.batch_size", self.batch_size)
+        check_positive("train.eval_batch_size", self.eval_batch_size)
+        check_choice("train.optimizer", self.optimizer, ("sgd", "adam"))
+        check_choice("train.scheduler", self.scheduler, ("none", "cosine"))
         if not self.lrs:
             raise ConfigError("train.lrs needs at least one learning rate")
         for lr in self.lrs:
-            _positive("train.lrs", lr, zero_ok=True)
+            check_positive("train.lrs", lr, zero_ok=True)
         for key in ("momentum", "weight_decay", "lr_min", "cosine_epochs", "patience"):
-            _positive(f"train.{key}", getattr(self, key), zero_ok=True)
+            check_positive(f"train.{key}", getattr(self, key), zero_ok=True)
 
 
 @dataclass(frozen=True)
@@ -182,7 +188,7 @@ class RunConfig:
     dtype: str = _f("float32", "float32 | float64")
 
     def __post_init__(self) -> None:
-        _choice("dtype", self.dtype, ("float32", "float64"))
+        check_choice("dtype", self.dtype, ("float32", "float64"))
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device = '{self.device}' is not valid; valid: auto, cpu, cuda, cuda:N")
 

@@ -26,18 +26,16 @@ plus write noise write_noise_std·dw_min·ξ, redrawn whenever a device is pulse
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
+from neurohw.config import check_choice, check_positive
+from neurohw.config import doc_field as _f
 from neurohw.errors import ConfigError
 
 LAWS = ("constant_step", "linear_step", "soft_bounds", "exp_step", "pow_step")
 LAW_IDS = {name: i for i, name in enumerate(LAWS)}
-
-
-def _f(default, doc: str):
-    return field(default=default, metadata={"doc": doc})
 
 
 @dataclass(frozen=True)
@@ -69,10 +67,8 @@ class PulsedDeviceConfig:
     pow_up_down_dtod: float = _f(0.0, "pow_step: d2d spread of that asymmetry")
 
     def __post_init__(self) -> None:
-        if self.law not in LAWS:
-            raise ConfigError(f"pulsed.law = '{self.law}' is not valid; valid: {', '.join(LAWS)}")
-        if not self.dw_min > 0:
-            raise ConfigError(f"pulsed.dw_min must be > 0, got {self.dw_min}")
+        check_choice("pulsed.law", self.law, LAWS)
+        check_positive("pulsed.dw_min", self.dw_min)
         if not self.w_min <= 0 <= self.w_max or self.w_min == self.w_max:
             raise ConfigError(f"pulsed.w_min ≤ 0 ≤ pulsed.w_max is required (and w_min < w_max), got {self.w_min}, {self.w_max}")
         for key in ("dw_min_dtod", "dw_min_std", "up_down_dtod", "w_max_dtod", "w_min_dtod", "write_noise_std",

@@ -26,7 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from neurohw.config import apply_overrides, build_dataclass, read_toml
+from neurohw.config import apply_overrides, build_dataclass, check_choice, check_positive, read_toml
+from neurohw.config import doc_field as _f
 from neurohw.data import DATASETS, load_splits
 from neurohw.devices.pulse_kernels import outer_update
 from neurohw.devices.pulsed import PulsedArray, PulsedDeviceConfig, UpdateConfig
@@ -34,10 +35,6 @@ from neurohw.errors import CheckpointError, ConfigError
 from neurohw.io.atomic import atomic_path, write_text
 from neurohw.substrates.analog import twin
 from neurohw.substrates.analog.model import ACTIVATION_IDS, Crossbars, PeripheralConfig, SubstrateConfig
-
-
-def _f(default, doc: str):
-    return field(default=default, metadata={"doc": doc})
 
 
 @dataclass(frozen=True)
@@ -63,15 +60,11 @@ class InSituConfig:
     def __post_init__(self) -> None:
         if self.activation not in ACTIVATION_IDS:
             raise ConfigError(f"insitu.activation = '{self.activation}' has no analog kernel; valid: {', '.join(ACTIVATION_IDS)}")
-        if self.nudge not in ("inside", "outside"):
-            raise ConfigError(f"insitu.nudge = '{self.nudge}' is not valid; valid: inside, outside")
-        if self.schedule not in ("none", "cosine"):
-            raise ConfigError(f"insitu.schedule = '{self.schedule}' is not valid; valid: none, cosine")
-        if self.write not in ("phase", "contrast"):
-            raise ConfigError(f"insitu.write = '{self.write}' is not valid; valid: phase, contrast")
+        check_choice("insitu.nudge", self.nudge, ("inside", "outside"))
+        check_choice("insitu.schedule", self.schedule, ("none", "cosine"))
+        check_choice("insitu.write", self.write, ("phase", "contrast"))
         for key in ("beta", "T_nudge", "interval_steps", "epochs", "batch_size"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"insitu.{key} must be > 0, got {getattr(self, key)}")
+            check_positive(f"insitu.{key}", getattr(self, key))
         if len(self.lrs) not in (1, len(self.hidden) + 1):
             raise ConfigError(f"insitu.lrs needs 1 or {len(self.hidden) + 1} values, got {len(self.lrs)}")
 
@@ -227,9 +220,9 @@ class InSituTrainer:
             raise CheckpointError(f"cannot resume: '{path}' does not exist") from None
         except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
             raise CheckpointError(f"cannot resume: '{path}' is damaged ({type(e).__name__}: {e})") from None
-        if state["scenario"] != self._scenario_for_resume():
-            diff = sorted(f"{sec}.{k}" for sec, t in self._scenario_for_resume().items() for k, v in t.items()
-                          if state["scenario"].get(sec, {}).get(k) != v)
+        ours = self._scenario_for_resume()
+        if state["scenario"] != ours:
+            diff = sorted(f"{sec}.{k}" for sec, t in ours.items() for k, v in t.items() if state["scenario"].get(sec, {}).get(k) != v)
             raise CheckpointError(f"cannot resume '{path}': the scenario differs in {', '.join(diff) or 'its sections'}")
         self.net, self.counter, self.pulses = state["net"], state["counter"], state["pulses"]
         gen.set_state(state["generator"])

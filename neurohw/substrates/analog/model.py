@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from neurohw.config import apply_overrides, build_dataclass, read_toml, valid_keys
+from neurohw.config import apply_overrides, build_dataclass, check_choice, check_positive, read_toml, valid_keys
+from neurohw.config import doc_field as _f
 from neurohw.core.activations import ACTIVATIONS
 from neurohw.devices.inference import NoiseConfig, pcm_conductances
 from neurohw.devices.mapping import DeviceProfile, map_spec
@@ -23,10 +24,6 @@ from neurohw.spec import NetworkSpec
 
 ACTIVATION_IDS = {name: i for i, name in enumerate(("tanh", "hard_sigmoid", "hard_sigmoid_half", "sigmoid4", "identity"))}
 INTEGRATORS = {"euler": 0, "rk4": 1}
-
-
-def _f(default, doc: str):
-    return field(default=default, metadata={"doc": doc})
 
 
 @dataclass(frozen=True)
@@ -41,13 +38,10 @@ class SubstrateConfig:
     seed: int = _f(0, "seed of every noise draw")
 
     def __post_init__(self) -> None:
-        if self.kind not in ("analog", "torch"):
-            raise ConfigError(f"substrate.kind = '{self.kind}' is not valid; valid: analog, torch")
-        if self.integrator not in INTEGRATORS:
-            raise ConfigError(f"substrate.integrator = '{self.integrator}' is not valid; valid: {', '.join(INTEGRATORS)}")
+        check_choice("substrate.kind", self.kind, ("analog", "torch"))
+        check_choice("substrate.integrator", self.integrator, tuple(INTEGRATORS))
         for key in ("tau_s", "dt_s", "t_max_s", "settle_tol"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"substrate.{key} must be > 0, got {getattr(self, key)}")
+            check_positive(f"substrate.{key}", getattr(self, key))
         limit = 1.0 if self.integrator == "euler" else 2.0
         if self.dt_s > limit * self.tau_s:
             raise ConfigError(
@@ -77,8 +71,7 @@ class PeripheralConfig:
             if v < 0 or v == 1 or v > 24:
                 raise ConfigError(f"peripherals.{key} must be 0 (ideal) or 2 … 24, got {v}")
         for key in ("inp_bound", "out_bound", "w_noise", "out_noise"):
-            if not getattr(self, key) >= 0:
-                raise ConfigError(f"peripherals.{key} must be ≥ 0, got {getattr(self, key)}")
+            check_positive(f"peripherals.{key}", getattr(self, key), zero_ok=True)
         if self.dac_bits and not self.inp_bound > 0:
             raise ConfigError("peripherals.inp_bound must be > 0 with a DAC")
         if self.adc_bits and not self.out_bound > 0:

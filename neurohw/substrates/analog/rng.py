@@ -72,7 +72,8 @@ def polar_pair(k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         v = 2.0 * uniform(kk ^ np.uint64(2 * a + 2)) - 1.0
         s_ = u * u + v * v
         ok = (s_ > 0.0) & (s_ < 1.0)
-        f = np.sqrt(-2.0 * np.log(np.where(ok, s_, 0.5)) / np.where(ok, s_, 0.5))
+        s_ok = np.where(ok, s_, 0.5)  # rejected draws: any value in (0, 1), discarded below
+        f = np.sqrt(-2.0 * np.log(s_ok) / s_ok)
         idx = np.flatnonzero(todo)[ok]
         z1.flat[idx], z2.flat[idx] = (u * f)[ok], (v * f)[ok]
         todo.flat[idx] = False

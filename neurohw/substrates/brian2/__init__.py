@@ -73,11 +73,15 @@ class Brian2Substrate:
             t2 = time.perf_counter()
             spiking = self.scenario.brian2.model == "lif"
             names = ("count", "count_nudge", "b") if spiking else ("s", "s_free", "b")
-            out = {f"{n}{k}": np.array(g.get_states([n])[n], dtype=np.float64) for k, g in enumerate(built.layers) for n in names}
-            for k, syn in enumerate(built.synapses):
-                out[f"w{k}"] = np.array(syn.w[:], dtype=np.float64)
-                out[f"i{k}"] = np.array(syn.i[:], dtype=np.int64)
-                out[f"j{k}"] = np.array(syn.j[:], dtype=np.int64)
+            out = {}
+            for k, g in enumerate(built.layers):
+                states = g.get_states(list(names))
+                out.update({f"{n}{k}": np.asarray(states[n], dtype=np.float64) for n in names})
+            if kw.get("lrs") is not None:  # the synapses changed: read them back (millions for MNIST inputs)
+                for k, syn in enumerate(built.synapses):
+                    out[f"w{k}"] = np.array(syn.w[:], dtype=np.float64)
+                    out[f"i{k}"] = np.array(syn.i[:], dtype=np.int64)
+                    out[f"j{k}"] = np.array(syn.j[:], dtype=np.int64)
             for key, mon in built.monitors.items():
                 out[f"t_{key}"] = np.array(mon.t / b2.second)
                 if key.startswith(("state", "out_state")):
@@ -163,16 +167,12 @@ class Brian2Substrate:
         else:
             s_free = [out[f"s_free{k}"].reshape(B, -1) for k in range(L)]
             s_nudged = [out[f"s{k}"].reshape(B, -1) for k in range(L)]
-        delta_w, delta_b = [], []
-        for k in range(L):
-            w0 = net.weights[k]
-            n_pre = built.pre_sizes[k]
-            i, j = out[f"i{k}"], out[f"j{k}"]
-            pre, post = i % n_pre, j % w0.shape[0]
-            dw = np.zeros_like(w0)
-            np.add.at(dw, (post, pre), out[f"w{k}"] - w0[post, pre])
-            delta_w.append(dw / B)
-            delta_b.append((out[f"b{k}"].reshape(B, -1) - net.biases[k]).mean(0))
+        delta_w = [np.zeros_like(w) for w in net.weights]  # stays zero without plasticity
+        delta_b = [(out[f"b{k}"].reshape(B, -1) - net.biases[k]).mean(0) for k in range(L)]
+        if lrs is not None:
+            for k, (w0, dw) in enumerate(zip(net.weights, delta_w)):
+                pre, post = out[f"i{k}"] % built.pre_sizes[k], out[f"j{k}"] % w0.shape[0]
+                np.add.at(dw, (post, pre), (out[f"w{k}"] - w0[post, pre]) / B)
         traces = {k: v for k, v in out.items() if k.startswith(("state", "spikes", "t_"))}
         return NudgedResult(s_free, s_nudged, delta_w, delta_b, traces)
 

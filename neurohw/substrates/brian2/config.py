@@ -8,16 +8,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from neurohw.config import apply_overrides, build_dataclass, read_toml, valid_keys
+from neurohw.config import apply_overrides, build_dataclass, check_choice, check_positive, read_toml, valid_keys
+from neurohw.config import doc_field as _f
 from neurohw.errors import ConfigError
 
 MODELS = ("rate", "lif")
 TARGETS = ("auto", "numpy", "cython", "cpp_standalone")
 INPUTS = ("rate", "poisson")
-
-
-def _f(default, doc: str):
-    return field(default=default, metadata={"doc": doc})
 
 
 @dataclass(frozen=True)
@@ -32,13 +29,10 @@ class Brian2Config:
     seed: int = _f(0, "seed of brian2's generator (Poisson input); batch k uses seed + k")
 
     def __post_init__(self) -> None:
-        if self.model not in MODELS:
-            raise ConfigError(f"brian2.model = '{self.model}' is not valid; valid: {', '.join(MODELS)}")
-        if self.target not in TARGETS:
-            raise ConfigError(f"brian2.target = '{self.target}' is not valid; valid: {', '.join(TARGETS)}")
-        for key in ("tau_ms", "dt_ms", "t_free_ms", "t_nudge_ms"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"brian2.{key} must be > 0, got {getattr(self, key)}")
+        check_choice("brian2.model", self.model, MODELS)
+        check_choice("brian2.target", self.target, TARGETS)
+        for key in ("tau_ms", "dt_ms", "t_free_ms", "t_nudge_ms", "batch_size"):
+            check_positive(f"brian2.{key}", getattr(self, key))
         if self.model == "rate" and self.dt_ms > self.tau_ms:
             raise ConfigError(
                 f"brian2.dt_ms = {self.dt_ms:g} ms is too large for a stable Euler integration of τ = {self.tau_ms:g} ms: "
@@ -46,8 +40,6 @@ class Brian2Config:
             )
         if self.t_free_ms < self.dt_ms:
             raise ConfigError(f"brian2.t_free_ms = {self.t_free_ms:g} ms is shorter than one step (dt_ms = {self.dt_ms:g})")
-        if self.batch_size < 1:
-            raise ConfigError(f"brian2.batch_size must be ≥ 1, got {self.batch_size}")
 
     @property
     def free_steps(self) -> int:
@@ -73,8 +65,7 @@ class LIFConfig:
 
     def __post_init__(self) -> None:
         for key in ("tau_m_ms", "t_ref_ms", "nu_max_Hz", "nu_in_Hz", "read_ms", "rate_floor", "tau_plast_ms"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"lif.{key} must be > 0, got {getattr(self, key)}")
+            check_positive(f"lif.{key}", getattr(self, key))
         if not self.v_th_mV > self.v_rest_mV:
             raise ConfigError(f"lif.v_th_mV ({self.v_th_mV:g}) must exceed lif.v_rest_mV ({self.v_rest_mV:g})")
         if self.nu_max_Hz * self.t_ref_ms * 1e-3 >= 1.0:
@@ -84,8 +75,7 @@ class LIFConfig:
             )
         if not self.rate_floor < 1.0:
             raise ConfigError(f"lif.rate_floor must be < 1, got {self.rate_floor}")
-        if self.input not in INPUTS:
-            raise ConfigError(f"lif.input = '{self.input}' is not valid; valid: {', '.join(INPUTS)}")
+        check_choice("lif.input", self.input, INPUTS)
 
 
 @dataclass(frozen=True)

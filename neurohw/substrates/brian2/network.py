@@ -243,6 +243,7 @@ def build(net: DenseNet, x: np.ndarray, sc: Brian2Scenario, *, y: np.ndarray | N
             "read_nudge": _gate(total - read, total, dt, total),
         })
     clock = b2.Clock(dt=dt * second)
+    eta_over_beta = [f"{lr / beta!r}" for lr in lrs] if plastic else ["0"] * L  # η_k/β as literals in the equations
 
     # input: the network input x clamped (rate), or pixel intensities firing Poisson spikes
     poisson = spiking and lif.input == "poisson"
@@ -263,9 +264,9 @@ def build(net: DenseNet, x: np.ndarray, sc: Brian2Scenario, *, y: np.ndarray | N
         nout = f" + beta_t(t)*(y - {target})" if last and nudged and net.nudge_outside else ""
         nin = f" + beta_t(t)*(y - {target})" if last and nudged and not net.nudge_outside else ""
         lines = [f"u = {' + '.join(u_terms)} + b{nin} : 1"]
-        kb = f"{lrs[k] / beta!r}" if plastic else "0"
+        kb = eta_over_beta[k]
+        rho = RHO[net.activation].format(u="u")
         if spiking:
-            rho = RHO[net.activation].format(u="u")
             lines += [
                 "dv/dt = (v_inf - v)/tau_m : volt (unless refractory)",
                 "v_inf = v_th + (v_th - v_rest)/(exp((1/nu - t_ref)/tau_m) - 1) : volt",
@@ -289,7 +290,6 @@ def build(net: DenseNet, x: np.ndarray, sc: Brian2Scenario, *, y: np.ndarray | N
                                refractory="t_ref", method="euler", clock=clock, namespace=ns)
             g.v = lif.v_rest_mV * mV
         else:
-            rho = RHO[net.activation].format(u="u")
             lines += [
                 "ds/dt = sdot : 1",
                 f"sdot = (-s + {rho}{nout})/tau : Hz",
@@ -314,7 +314,7 @@ def build(net: DenseNet, x: np.ndarray, sc: Brian2Scenario, *, y: np.ndarray | N
         active = np.zeros_like(active)
         active[0, 0] = True
     i, j, pre, post = _blocks(x.shape[1], net.sizes[0], B, active)
-    k0 = f"{lrs[0] / beta!r}" if plastic else "0"
+    k0 = eta_over_beta[0]
     if poisson:
         s_in = b2.Synapses(inp, groups[0], "w : 1", on_pre="u_in_post += w*q_in", clock=clock, namespace=ns)
     elif spiking and plastic:  # d/dt(x p_post) = x·dp_post/dt: the post spikes and the trace decay
@@ -336,7 +336,7 @@ def build(net: DenseNet, x: np.ndarray, sc: Brian2Scenario, *, y: np.ndarray | N
         w, wb = net.weights[k], net.backward[k]
         n_pre, n_post = net.sizes[k - 1], net.sizes[k]
         fb = "wb" if wb is not None else "w"
-        kk = f"{lrs[k] / beta!r}" if plastic else "0"
+        kk = eta_over_beta[k]
         if spiking:
             model = ("w : 1" if not plastic else f"dw/dt = -2*{kk}*eta_t(t)*p_pre*p_post/tau_p : 1 (clock-driven)")
             model += "\nwb : 1" if wb is not None else ""
