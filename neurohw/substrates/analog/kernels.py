@@ -12,11 +12,15 @@ from numba.typed import List
 
 from neurohw.substrates.analog.model import INTEGRATORS, Crossbars, PeripheralConfig, SubstrateConfig
 
-from neurohw.substrates.analog.rng import C1, C2, GOLDEN, INV53, S11, S27, S30, S31
+from neurohw.substrates.analog.rng import C1, C2, GOLDEN, INV53, S8, S11, S27, S30, S31, TAG_TAIL, TAG_WEDGE
+from neurohw.substrates.analog.rng import ZIG_D, ZIG_F, ZIG_K, ZIG_MASK, ZIG_R, ZIG_SIGN_MASK, ZIG_WS
 from neurohw.substrates.analog.rng import ONE as U1
 from neurohw.substrates.analog.rng import TWO as U2
 
 TWO_PI = 2.0 * np.pi
+# the Ziggurat tables are global arrays, frozen into the compiled code as constants: numba's cache
+# follows this file only, so a change of rng.py's tables needs this file touched (or the cache cleared)
+U_WEDGE, U_TAIL = np.uint64(TAG_WEDGE), np.uint64(TAG_TAIL)
 
 
 @njit(cache=True, inline="always")
@@ -60,6 +64,48 @@ def _polar_pair(k):
 
 
 @njit(cache=True, inline="always")
+def _uniform(k):
+    return (np.float64(_mix(k) >> S11) + 1.0) * INV53
+
+
+@njit(cache=True)
+def _zig_slow(k):
+    """rng.zig_normal from attempt 0, for keys that miss the fast path: the same tags, tables,
+    float64 operations in the same order, and libm's exp/log, so the same decisions and bits."""
+    h = k
+    a = np.uint64(0)
+    while True:
+        i = h & ZIG_MASK
+        j = h >> S11
+        x = np.float64(j) * ZIG_WS[h & ZIG_SIGN_MASK]
+        if j < ZIG_K[i]:
+            return x
+        if i == np.uint64(0):  # the tail, entered at most once
+            t = np.uint64(0)
+            while True:
+                e = -np.log(_uniform(k ^ (U_TAIL + t + t))) / ZIG_R
+                y = -np.log(_uniform(k ^ (U_TAIL + t + t + U1)))
+                if y + y > e * e:
+                    z = ZIG_R + e
+                    return -z if (h >> S8) & U1 else z
+                t += U1
+        if _uniform(k ^ (U_WEDGE + a)) * ZIG_D[i] < np.exp(-0.5 * x * x) - ZIG_F[i]:
+            return x
+        a += U1
+        h = _mix(k ^ a)
+
+
+@njit(cache=True, inline="always")
+def _zig_normal(k):
+    """rng.zig_normal of one well-mixed key: attempt 0 on k's own bits (layer, sign, 53-bit
+    uniform), accepted ≈ 99 % of the time with a table lookup, a product and a compare."""
+    j = k >> S11
+    if j < ZIG_K[k & ZIG_MASK]:
+        return np.float64(j) * ZIG_WS[k & ZIG_SIGN_MASK]
+    return _zig_slow(k)
+
+
+@njit(cache=True, inline="always")
 def _quantise(v, delta, bound):
     if bound > 0.0:
         v = min(max(v, -bound), bound)
@@ -90,16 +136,12 @@ def _noisy(y, norm, w_max, w_noise, out_noise, adc_delta, out_bound, seed, sid, 
     """Per-read noise, then clipping and the ADC, on the ideal products y (in place)."""
     if w_noise > 0.0 or out_noise > 0.0:
         # weight and output noise are independent Gaussians on the same output: one draw of their
-        # combined std; one polar-method pair serves outputs 2m and 2m+1 (eq. read)
+        # combined std; output j takes the Ziggurat normal of its own key (eq. read)
         s_w = w_noise * w_max * norm
         sigma = np.sqrt(s_w * s_w + out_noise * out_noise)
         base = _read_key(seed, sid, step, stage, read, layer)
-        n = y.shape[0]
-        for m in range((n + 1) // 2):
-            z1, z2 = _polar_pair(_mix(base ^ np.uint64(m)))
-            y[2 * m] += sigma * z1
-            if 2 * m + 1 < n:
-                y[2 * m + 1] += sigma * z2
+        for j in range(y.shape[0]):
+            y[j] += sigma * _zig_normal(_mix(base ^ np.uint64(j)))
     if adc_delta > 0.0 or out_bound > 0.0:
         for j in range(y.shape[0]):
             y[j] = _quantise(y[j], adc_delta, out_bound)

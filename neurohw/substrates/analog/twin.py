@@ -26,13 +26,10 @@ def noisy(y: np.ndarray, vq_norm: np.ndarray, w_max: float, per: PeripheralConfi
           step: int, stage: int, read: int, layer: int) -> np.ndarray:
     """Per-read noise and the ADC applied to the ideal products y (B, n)."""
     if per.w_noise > 0 or per.out_noise > 0:
-        n = y.shape[1]
-        m = np.arange((n + 1) // 2, dtype=np.uint64)[None, :]
-        z1, z2 = rng.polar_pair(rng.key(seed, ids.astype(np.uint64)[:, None], step, stage, read, layer, m))
-        z = np.empty((y.shape[0], 2 * m.shape[1]))
-        z[:, 0::2], z[:, 1::2] = z1, z2  # output 2m takes the first normal of pair m, output 2m+1 the second
+        j = np.arange(y.shape[1], dtype=np.uint64)[None, :]  # output j: one Ziggurat normal of its own key
+        z = rng.zig_normal(rng.key(seed, ids.astype(np.uint64)[:, None], step, stage, read, layer, j))
         sigma = np.sqrt((per.w_noise * w_max * vq_norm[:, None]) ** 2 + per.out_noise**2)
-        y = y + sigma * z[:, :n]
+        y = y + sigma * z
     return quantise(y, per.adc_delta, per.out_bound)
 
 
