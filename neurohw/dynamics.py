@@ -51,15 +51,16 @@ def relax(
     A free phase of an all-dense net runs as two interleaved chains
     (`LayeredNet.relax_free_checkerboard`, half the tensor operations); other phases step by step.
     """
-    advance = net.make_stepper(x_drive, y, beta)
+    advance = None
     if beta == 0.0 and net.all_dense and not torch.is_grad_enabled():
         s = net.relax_free_checkerboard(x_drive, state, steps)
     else:
+        advance = net.make_stepper(x_drive, y, beta)
         s = state
         for _ in range(steps):
             s = advance(s)
-    if check:
-        check_finite(s, phase, advance, state, steps)
+    if check and not _all_finite(s):  # the stepper for the replay is built only then
+        check_finite(s, phase, advance or net.make_stepper(x_drive, y, beta), state, steps)
     return s
 
 

@@ -1,5 +1,6 @@
 """The analog crossbar substrate: continuous-time leaky-integrator neurons whose every matrix-vector
-product is a crossbar read through DAC, ADC and read noise (model.py; docs/analog.md).
+product is a crossbar read through DAC, ADC, read noise and optionally IR drop (model.py, irdrop.py;
+docs/math.md §11).
 
 `AnalogSubstrate(scenario, engine="kernel"|"twin").run(spec, x)` runs the free phase of a dense
 network; the numba kernel and its numpy twin compute the same numbers (tested).
@@ -31,7 +32,7 @@ class AnalogSubstrate:
         """Free phase of the network input `x` (B, *input_shape); sample i draws its noise with the
         counter `first_id + i`, so results do not depend on how the samples are batched."""
         sc = self.scenario
-        cb = crossbars_from_spec(spec, sc.device, sc.noise, sc.substrate.seed)
+        cb = crossbars_from_spec(spec, sc.device, sc.noise, sc.substrate.seed, sc.peripherals.ir_drop)
         if self.engine == "kernel":
             from neurohw.substrates.analog.kernels import relax
         else:

@@ -34,6 +34,7 @@ from neurohw.devices.pulsed import PulsedArray, PulsedDeviceConfig, UpdateConfig
 from neurohw.errors import CheckpointError, ConfigError
 from neurohw.io.atomic import atomic_path, write_text
 from neurohw.substrates.analog import twin
+from neurohw.substrates.analog.irdrop import with_ir_drop
 from neurohw.substrates.analog.model import ACTIVATION_IDS, Crossbars, PeripheralConfig, SubstrateConfig
 
 
@@ -114,11 +115,15 @@ class InSituNet:
         self.act_id = ACTIVATION_IDS[cfg.activation]
         self.nudge_outside = cfg.nudge == "outside"
         self.activation = cfg.activation
+        self.ir_drop = sc.peripherals.ir_drop
 
     def crossbars(self) -> Crossbars:
+        """The arrays as the dynamics read them (with IR drop when the card sets peripherals.ir_drop;
+        pulsed devices span ±w_max symmetrically: γ = 0)."""
         w = [a.read_weights() for a in self.arrays]
-        return Crossbars(w, w, self.biases, [float(np.abs(m).max(initial=0.0)) for m in w], None, None, 0.0,
-                         [m.shape[0] for m in w], [1.0] * len(w), 1.0, self.act_id, self.nudge_outside)
+        cb = Crossbars(w, w, self.biases, [float(np.abs(m).max(initial=0.0)) for m in w], None, None, 0.0,
+                       [m.shape[0] for m in w], [1.0] * len(w), 1.0, self.act_id, self.nudge_outside)
+        return with_ir_drop(cb, self.ir_drop, 0.0) if self.ir_drop > 0.0 else cb
 
 
 class InSituTrainer:

@@ -64,13 +64,14 @@ class PeripheralConfig:
     out_bound: float = _f(0.0, "outputs are clipped to ±out_bound before the ADC (0: no clipping)")
     w_noise: float = _f(0.0, "per-read weight noise std, relative to max|W| (aihwkit w_noise)")
     out_noise: float = _f(0.0, "additive output noise std per read (aihwkit out_noise)")
+    ir_drop: float = _f(0.0, "wire resistance per cross-point segment × g_max (0: no IR drop; first-order model, eq. irdrop)")
 
     def __post_init__(self) -> None:
         for key in ("dac_bits", "adc_bits"):
             v = getattr(self, key)
             if v < 0 or v == 1 or v > 24:
                 raise ConfigError(f"peripherals.{key} must be 0 (ideal) or 2 … 24, got {v}")
-        for key in ("inp_bound", "out_bound", "w_noise", "out_noise"):
+        for key in ("inp_bound", "out_bound", "w_noise", "out_noise", "ir_drop"):
             check_positive(f"peripherals.{key}", getattr(self, key), zero_ok=True)
         if self.dac_bits and not self.inp_bound > 0:
             raise ConfigError("peripherals.inp_bound must be > 0 with a DAC")
@@ -155,9 +156,11 @@ def _programmed(ls, noise: NoiseConfig, rng: np.random.Generator) -> tuple[np.nd
 
 
 def crossbars_from_spec(spec: NetworkSpec, profile: DeviceProfile | None = None, noise: NoiseConfig | None = None,
-                        seed: int = 0) -> Crossbars:
+                        seed: int = 0, ir_drop: float = 0.0) -> Crossbars:
     """The crossbars of a dense spec; with `profile` its weights are (re)mapped onto devices first,
-    with `noise` the programmed conductances get inference noise (generator seeded by `seed`)."""
+    with `noise` the programmed conductances get inference noise (generator seeded by `seed`), with
+    `ir_drop` > 0 the reads see first-order IR drop (eq. irdrop; γ = g_min/g_max of the mapping, 0 for
+    a file without conductances)."""
     noise = noise or NoiseConfig()
     if any(ls.type != "dense" for ls in spec.layers):
         raise ConfigError("the analog substrate runs dense (fc) networks; this file has conv2d layers")
@@ -172,7 +175,7 @@ def crossbars_from_spec(spec: NetworkSpec, profile: DeviceProfile | None = None,
     ro = [(ls, p) for ls, p in zip(spec.layers, programmed) if ls.readout]
     forward = [f64(w) for w, _, _ in dyn]
     backward = [f64(w if wb is None else wb) for w, wb, _ in dyn]
-    return Crossbars(
+    cb = Crossbars(
         forward=forward,
         backward=backward,
         biases=[f64(ls.bias) for ls in spec.layers if not ls.readout],
@@ -186,6 +189,12 @@ def crossbars_from_spec(spec: NetworkSpec, profile: DeviceProfile | None = None,
         act_id=ACTIVATION_IDS[spec.activation],
         nudge_outside=spec.nudge == "outside",
     )
+    if ir_drop > 0.0:
+        from neurohw.substrates.analog.irdrop import with_ir_drop
+
+        c = next((ls.conductance for ls in spec.layers if ls.conductance is not None), None)
+        cb = with_ir_drop(cb, ir_drop, c.g_min_uS / c.g_max_uS if c is not None else 0.0)
+    return cb
 
 
 def activation_numpy(act_id: int, a: np.ndarray) -> np.ndarray:
