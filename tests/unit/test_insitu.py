@@ -18,10 +18,10 @@ SMALL = ["insitu.hidden=[20]", "insitu.T_nudge=4", "insitu.interval_steps=1", "i
          "substrate.dt_s=1e-6", "substrate.tau_s=1e-6", "substrate.t_max_s=2e-4", "substrate.settle_tol=1e-12"]
 
 
-def _pulsed_vs_software(write: str, mnist_small, tmp_path, reps: int):
-    """Mean device update over `reps` pulse seeds, software C-EP's update, and the pulses per rep."""
+def _pulsed_vs_software(write: str, mnist_small, tmp_path, reps: int, extra=()):
+    """Mean logical update α·ΔW_dev over `reps` pulse seeds, software C-EP's update, and the pulses per rep."""
     # granularity 2e-4: the phase terms need ≤ 25 pulses per update (no clipping at desired_bl = 31)
-    overrides = IDEAL + SMALL + ["pulsed.dw_min=2e-4", f"insitu.write={write}", "insitu.lrs=[0.005]"]
+    overrides = IDEAL + SMALL + ["pulsed.dw_min=2e-4", f"insitu.write={write}", "insitu.lrs=[0.005]", *extra]
     x = mnist_small.train.images[:5].numpy().reshape(5, -1) / 255.0
     y = np.eye(10)[mnist_small.train.labels[:5].numpy()]
     mean, pulses = None, 0
@@ -31,7 +31,7 @@ def _pulsed_vs_software(write: str, mnist_small, tmp_path, reps: int):
         w0 = [a.w.copy() for a in tr.net.arrays]
         tr.train_batch(x, y, np.arange(5))
         pulses += tr.pulses
-        delta = [a.w - b for a, b in zip(tr.net.arrays, w0)]
+        delta = [al * (a.w - b) for a, b, al in zip(tr.net.arrays, w0, tr.net.alpha)]
         mean = delta if mean is None else [m + d for m, d in zip(mean, delta)]
     # software C-EP from the same initial weights, same dynamics (free phase converged), SGD η
     net = build_net(NetConfig(hidden=(20,), activation="sigmoid4", nudge="outside", init_gains=(1.0,)), (1, 1, 784), 10,
@@ -144,3 +144,47 @@ def test_resume_continues_bit_for_bit(mnist_small, tmp_path):
                       splits=mnist_small, log=None).fit(resume=True)
     with pytest.raises(CheckpointError, match="does not exist"):
         InSituTrainer(load_insitu(card, base), tmp_path / "c", splits=mnist_small, log=None).fit(resume=True)
+
+
+def test_weight_scaling_reads_alpha_w_dev_and_writes_delta_over_alpha(mnist_small, tmp_path):
+    """eq. insitu-scale: the logical weights α·W_dev start at the software initialisation, the initial
+    max|W_dev| is ω·w_max, and the expected logical update is still software C-EP's (20 pulse seeds)."""
+    from neurohw.substrates.analog.insitu import InSituNet
+
+    sc = load_insitu("sims/insitu_constantstep.toml", IDEAL + SMALL + ["insitu.weight_scaling_omega=0.5"])
+    net = InSituNet(sc, 784, 10)
+    ref = build_net(NetConfig(hidden=(20,), activation="sigmoid4", nudge="outside", init_gains=(1.0,)), (1, 1, 784), 10,
+                    generator=torch.Generator().manual_seed(0))
+    for a, alpha, layer in zip(net.arrays, net.alpha, ref.layers):
+        assert np.abs(a.w).max() == pytest.approx(0.5 * 1.0)  # ω·w_max with IDEAL's w_max = 1
+        np.testing.assert_allclose(alpha * a.w, layer.weight.detach().double().numpy(), rtol=0, atol=1e-7)
+        assert alpha < 0.5
+    cb = net.crossbars()
+    assert cb.alpha == net.alpha
+    mean, soft, _ = _pulsed_vs_software("contrast", mnist_small, tmp_path, 20, ["insitu.weight_scaling_omega=0.5"])
+    for m, s_ in zip(mean, soft):
+        cos, ratio = _cos_ratio(m, s_)
+        assert cos > 0.95 and 0.9 < ratio < 1.1, (cos, ratio)
+
+
+def test_checkpoint_older_than_new_scenario_keys_resumes_with_their_defaults(mnist_small, tmp_path):
+    """A checkpoint written before a key existed (here: weight_scaling_omega, ir_drop, and the net's
+    α) resumes when the key keeps its default, and is refused by name when it does not."""
+    import pickle
+
+    from neurohw.errors import CheckpointError
+
+    base = SMALL + ["insitu.limit_train=20", "insitu.limit_eval=10"]
+    card = "sims/insitu_constantstep.toml"
+    InSituTrainer(load_insitu(card, base + ["insitu.epochs=1"]), tmp_path, splits=mnist_small, log=None).fit()
+    path = tmp_path / "checkpoint.pkl"
+    state = pickle.loads(path.read_bytes())
+    del state["scenario"]["insitu"]["weight_scaling_omega"], state["scenario"]["peripherals"]["ir_drop"]
+    del state["net"].alpha, state["net"].ir_drop
+    path.write_bytes(pickle.dumps(state))
+    with pytest.raises(CheckpointError, match="differs in insitu.weight_scaling_omega"):
+        InSituTrainer(load_insitu(card, base + ["insitu.epochs=2", "insitu.weight_scaling_omega=0.5"]), tmp_path,
+                      splits=mnist_small, log=None).fit(resume=True)
+    tr = InSituTrainer(load_insitu(card, base + ["insitu.epochs=2"]), tmp_path, splits=mnist_small, log=None)
+    tr.fit(resume=True)
+    assert tr.net.alpha == [1.0, 1.0] and len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2

@@ -55,6 +55,8 @@ class InSituConfig:
     limit_train: int = _f(0, "first N training samples only (0: all)")
     limit_eval: int = _f(0, "first N validation/test samples only (0: all)")
     init_gain: float = _f(1.0, "factor on PyTorch's default initialisation")
+    weight_scaling_omega: float = _f(0.0, "map each layer's initial max|W| to omega·w_max of the devices, reading "
+                                     "through a digital output scale α (aihwkit's weight_scaling_omega; 0: α = 1)")
     seed: int = _f(0, "seed of initialisation, shuffling and device-to-device draws")
     pulse_seed: int = _f(0, "seed of the pulse trains and cycle-to-cycle noise")
 
@@ -66,6 +68,8 @@ class InSituConfig:
         check_choice("insitu.write", self.write, ("phase", "contrast"))
         for key in ("beta", "T_nudge", "interval_steps", "epochs", "batch_size"):
             check_positive(f"insitu.{key}", getattr(self, key))
+        if not 0.0 <= self.weight_scaling_omega <= 1.0:
+            raise ConfigError(f"insitu.weight_scaling_omega must lie in [0, 1] (0: no scaling), got {self.weight_scaling_omega}")
         if len(self.lrs) not in (1, len(self.hidden) + 1):
             raise ConfigError(f"insitu.lrs needs 1 or {len(self.hidden) + 1} values, got {len(self.lrs)}")
 
@@ -106,11 +110,16 @@ class InSituNet:
         net = build_net(NetConfig(hidden=cfg.hidden, activation=cfg.activation, nudge=cfg.nudge, init_gains=(cfg.init_gain,)),
                         (1, 1, n_in), n_out, generator=gen)
         rng = np.random.default_rng(cfg.seed)
-        self.arrays = []
+        self.arrays, self.alpha = [], []
         for layer in net.layers:
             a = PulsedArray(sc.pulsed, tuple(layer.weight.shape), rng)
-            a.set_weights(layer.weight.detach().double().numpy())
+            w0 = layer.weight.detach().double().numpy()
+            # eq. insitu-scale: W = α·W_dev, the initial max|W| at ω·w_max of the devices
+            omega = cfg.weight_scaling_omega
+            alpha = float(np.abs(w0).max()) / (omega * sc.pulsed.w_max) if omega > 0 else 1.0
+            a.set_weights(w0 / alpha)
             self.arrays.append(a)
+            self.alpha.append(alpha)
         self.biases = [layer.bias.detach().double().numpy().copy() for layer in net.layers]
         self.act_id = ACTIVATION_IDS[cfg.activation]
         self.nudge_outside = cfg.nudge == "outside"
@@ -122,7 +131,7 @@ class InSituNet:
         pulsed devices span ±w_max symmetrically: γ = 0)."""
         w = [a.read_weights() for a in self.arrays]
         cb = Crossbars(w, w, self.biases, [float(np.abs(m).max(initial=0.0)) for m in w], None, None, 0.0,
-                       [m.shape[0] for m in w], [1.0] * len(w), 1.0, self.act_id, self.nudge_outside)
+                       [m.shape[0] for m in w], list(self.alpha), 1.0, self.act_id, self.nudge_outside)
         return with_ir_drop(cb, self.ir_drop, 0.0) if self.ir_drop > 0.0 else cb
 
 
@@ -158,9 +167,10 @@ class InSituTrainer:
         return images.numpy().reshape(len(images), -1).astype(np.float64) / 255.0
 
     def _write(self, i: int, d: np.ndarray, x: np.ndarray, coeff: float) -> None:
-        """W_i += coeff·Σ_b d_b x_bᵀ as pulses (outer_update writes W − lr·d xᵀ)."""
+        """W_i += coeff·Σ_b d_b x_bᵀ as pulses on W_dev = W_i/α_i (outer_update writes W − lr·d xᵀ)."""
         self.counter += 1
-        self.pulses += outer_update(self.net.arrays[i], x, d, -coeff, self.sc.update, self.sc.insitu.pulse_seed, self.counter)
+        self.pulses += outer_update(self.net.arrays[i], x, d, -coeff / self.net.alpha[i], self.sc.update,
+                                    self.sc.insitu.pulse_seed, self.counter)
 
     def train_batch(self, x: np.ndarray, y: np.ndarray, ids: np.ndarray) -> tuple[float, int]:
         sc, cfg = self.sc, self.sc.insitu
@@ -226,10 +236,16 @@ class InSituTrainer:
         except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
             raise CheckpointError(f"cannot resume: '{path}' is damaged ({type(e).__name__}: {e})") from None
         ours = self._scenario_for_resume()
-        if state["scenario"] != ours:
-            diff = sorted(f"{sec}.{k}" for sec, t in ours.items() for k, v in t.items() if state["scenario"].get(sec, {}).get(k) != v)
-            raise CheckpointError(f"cannot resume '{path}': the scenario differs in {', '.join(diff) or 'its sections'}")
+        # keys added to the scenario after the checkpoint was written count with their default value
+        defaults = {k: asdict(v) for k, v in vars(InSituScenario()).items()}
+        saved = lambda sec, k: state["scenario"].get(sec, {}).get(k, defaults[sec].get(k))
+        diff = sorted(f"{sec}.{k}" for sec, t in ours.items() for k, v in t.items() if saved(sec, k) != v)
+        if diff:
+            raise CheckpointError(f"cannot resume '{path}': the scenario differs in {', '.join(diff)}")
         self.net, self.counter, self.pulses = state["net"], state["counter"], state["pulses"]
+        self.net.ir_drop = self.sc.peripherals.ir_drop  # attributes newer than the checkpoint
+        if not hasattr(self.net, "alpha"):
+            self.net.alpha = [1.0] * len(self.net.arrays)
         gen.set_state(state["generator"])
         return state["epoch"], tuple(state["best"]), list(state["history"])
 
