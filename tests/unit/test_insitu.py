@@ -18,7 +18,7 @@ SMALL = ["insitu.hidden=[20]", "insitu.T_nudge=4", "insitu.interval_steps=1", "i
          "substrate.dt_s=1e-6", "substrate.tau_s=1e-6", "substrate.t_max_s=2e-4", "substrate.settle_tol=1e-12"]
 
 
-def _pulsed_vs_software(write: str, mnist_small, tmp_path, reps: int, extra=()):
+def _pulsed_vs_software(write: str, mnist_small, tmp_path, reps: int, extra=(), beta=None):
     """Mean logical update α·ΔW_dev over `reps` pulse seeds, software C-EP's update, and the pulses per rep."""
     # granularity 2e-4: the phase terms need ≤ 25 pulses per update (no clipping at desired_bl = 31)
     overrides = IDEAL + SMALL + ["pulsed.dw_min=2e-4", f"insitu.write={write}", "insitu.lrs=[0.005]", *extra]
@@ -29,6 +29,8 @@ def _pulsed_vs_software(write: str, mnist_small, tmp_path, reps: int, extra=()):
         tr = InSituTrainer(load_insitu("sims/insitu_constantstep.toml", overrides + [f"insitu.pulse_seed={rep}"]), tmp_path,
                            splits=mnist_small, log=None)
         w0 = [a.w.copy() for a in tr.net.arrays]
+        if beta is not None:
+            tr.batch_beta = lambda: beta
         tr.train_batch(x, y, np.arange(5))
         pulses += tr.pulses
         delta = [al * (a.w - b) for a, b, al in zip(tr.net.arrays, w0, tr.net.alpha)]
@@ -38,7 +40,9 @@ def _pulsed_vs_software(write: str, mnist_small, tmp_path, reps: int, extra=()):
                     generator=torch.Generator().manual_seed(0)).double()
     before = [l.weight.detach().clone() for l in net.layers]
     opt = torch.optim.SGD(net.parameters(), lr=0.005)
-    CEP(0.2, 200, 4).step(net, torch.from_numpy(x), torch.from_numpy(y), opt.step)
+    cep = CEP(0.2, 200, 4, "random-sign")
+    cep.sampler.draw = lambda: (0.0, 0.2 if beta is None else beta)
+    cep.step(net, torch.from_numpy(x), torch.from_numpy(y), opt.step)
     soft = [(l.weight.detach() - b).numpy() for l, b in zip(net.layers, before)]
     return [m / reps for m in mean], soft, pulses / reps
 
@@ -54,7 +58,7 @@ def test_expected_pulsed_update_is_software_cep(mnist_small, tmp_path):
     mean, soft, contrast_pulses = _pulsed_vs_software("contrast", mnist_small, tmp_path, 20)
     for m, s_ in zip(mean, soft):
         cos, ratio = _cos_ratio(m, s_)
-        assert cos > 0.95 and 0.9 < ratio < 1.1, (cos, ratio)
+        assert cos > 0.95 and 0.85 < ratio < 1.15, (cos, ratio)
     # writing the two phases separately: the same expected update, but many more pulses (noisier)
     mean_p, _, phase_pulses = _pulsed_vs_software("phase", mnist_small, tmp_path, 5)
     assert phase_pulses > 5 * contrast_pulses
@@ -164,7 +168,7 @@ def test_weight_scaling_reads_alpha_w_dev_and_writes_delta_over_alpha(mnist_smal
     mean, soft, _ = _pulsed_vs_software("contrast", mnist_small, tmp_path, 20, ["insitu.weight_scaling_omega=0.5"])
     for m, s_ in zip(mean, soft):
         cos, ratio = _cos_ratio(m, s_)
-        assert cos > 0.95 and 0.9 < ratio < 1.1, (cos, ratio)
+        assert cos > 0.95 and 0.85 < ratio < 1.15, (cos, ratio)
 
 
 def test_checkpoint_older_than_new_scenario_keys_resumes_with_their_defaults(mnist_small, tmp_path):
@@ -188,3 +192,24 @@ def test_checkpoint_older_than_new_scenario_keys_resumes_with_their_defaults(mni
     tr = InSituTrainer(load_insitu(card, base + ["insitu.epochs=2"]), tmp_path, splits=mnist_small, log=None)
     tr.fit(resume=True)
     assert tr.net.alpha == [1.0, 1.0] and len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_random_sign_nudging_draws_both_signs_reproducibly_and_estimates_the_same_update(mnist_small, tmp_path):
+    """insitu.estimator = random-sign: the sign is a function of the write counter (a resumed run
+    draws the same signs), both signs occur, and a batch nudged with −β moves the devices, on average
+    over pulse seeds, like software C-EP nudged with −β (20 seeds: cos 0.98, norm ratio 1.10 measured;
+    60 seeds: 0.99 and 1.01–1.03, so the ratio's tolerance is the 20-seed sampling error)."""
+    sc = load_insitu("sims/insitu_constantstep.toml", SMALL + ["insitu.estimator=random-sign"])
+    tr = InSituTrainer(sc, tmp_path, splits=mnist_small, log=None)
+    signs = []
+    for c in range(200):
+        tr.counter = c
+        signs.append(tr.batch_beta())
+    assert set(signs) == {0.2, -0.2} and 0.35 < signs.count(0.2) / 200 < 0.65
+    again = InSituTrainer(sc, tmp_path, splits=mnist_small, log=None)
+    again.counter = 17
+    assert again.batch_beta() == signs[17]
+    mean, soft, _ = _pulsed_vs_software("contrast", mnist_small, tmp_path, 20, beta=-0.2)
+    for m, s_ in zip(mean, soft):
+        cos, ratio = _cos_ratio(m, s_)
+        assert cos > 0.95 and 0.85 < ratio < 1.15, (cos, ratio)

@@ -33,9 +33,12 @@ from neurohw.devices.pulse_kernels import outer_update
 from neurohw.devices.pulsed import PulsedArray, PulsedDeviceConfig, UpdateConfig
 from neurohw.errors import CheckpointError, ConfigError
 from neurohw.io.atomic import atomic_path, write_text
-from neurohw.substrates.analog import twin
+from neurohw.substrates.analog import rng, twin
 from neurohw.substrates.analog.irdrop import with_ir_drop
 from neurohw.substrates.analog.model import ACTIVATION_IDS, Crossbars, PeripheralConfig, SubstrateConfig
+
+
+RANDOM_SIGN_TAG = 0x5EED_5161  # the key coordinate of the random-sign draws (distinct from every pulse key)
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class InSituConfig:
     activation: str = _f("sigmoid4", "activation ρ")
     nudge: str = _f("outside", "inside | outside (docs/math.md eq. dyn)")
     beta: float = _f(0.2, "nudging strength β")
+    estimator: str = _f("one-sided", "one-sided (β each batch) | random-sign (±β, the sign drawn per batch; docs/math.md §EP)")
     T_nudge: int = _f(15, "nudged update intervals per sample")
     interval_steps: int = _f(2, "integration steps per nudged interval")
     lrs: tuple[float, ...] = _f((0.0056, 0.0028), "learning rate η per layer")
@@ -66,6 +70,7 @@ class InSituConfig:
         check_choice("insitu.nudge", self.nudge, ("inside", "outside"))
         check_choice("insitu.schedule", self.schedule, ("none", "cosine"))
         check_choice("insitu.write", self.write, ("phase", "contrast"))
+        check_choice("insitu.estimator", self.estimator, ("one-sided", "random-sign"))
         for key in ("beta", "T_nudge", "interval_steps", "epochs", "batch_size"):
             check_positive(f"insitu.{key}", getattr(self, key))
         if not 0.0 <= self.weight_scaling_omega <= 1.0:
@@ -172,6 +177,15 @@ class InSituTrainer:
         self.pulses += outer_update(self.net.arrays[i], x, d, -coeff / self.net.alpha[i], self.sc.update,
                                     self.sc.insitu.pulse_seed, self.counter)
 
+    def batch_beta(self) -> float:
+        """β of the next batch: +β (one-sided) or ±β with the sign drawn from the counter-based
+        generator at the current write counter (so a resumed run draws the same signs)."""
+        cfg = self.sc.insitu
+        if cfg.estimator == "one-sided":
+            return cfg.beta
+        u = float(rng.uniform(rng.key(cfg.pulse_seed, RANDOM_SIGN_TAG, self.counter)))
+        return cfg.beta if u < 0.5 else -cfg.beta
+
     def train_batch(self, x: np.ndarray, y: np.ndarray, ids: np.ndarray) -> tuple[float, int]:
         sc, cfg = self.sc, self.sc.insitu
         cb = self.net.crossbars()
@@ -179,12 +193,13 @@ class InSituTrainer:
         loss = float(0.5 * ((out - y) ** 2).sum(1).mean())
         correct = int((out.argmax(1) == y.argmax(1)).sum())
         b = x.shape[0]
+        beta = self.batch_beta()
         for k in range(cfg.T_nudge):
-            s_next, _, _ = twin.relax(cb, sc.substrate, sc.peripherals, x, ids, s0=s, y=y, beta=cfg.beta,
+            s_next, _, _ = twin.relax(cb, sc.substrate, sc.peripherals, x, ids, s0=s, y=y, beta=beta,
                                       steps=cfg.interval_steps, phase=k + 1)
             pre, pre_n = [x, *s[:-1]], [x, *s_next[:-1]]
             for i in range(len(self.net.arrays)):
-                coeff = self.lr_scale * self.lrs[i] / (cfg.beta * b)
+                coeff = self.lr_scale * self.lrs[i] / (beta * b)
                 if cfg.write == "phase":
                     self._write(i, s_next[i], pre_n[i], coeff)
                     self._write(i, s[i], pre[i], -coeff)
