@@ -137,7 +137,7 @@ class InSituNet:
         w = [a.read_weights() for a in self.arrays]
         cb = Crossbars(w, w, self.biases, [float(np.abs(m).max(initial=0.0)) for m in w], None, None, 0.0,
                        [m.shape[0] for m in w], list(self.alpha), 1.0, self.act_id, self.nudge_outside)
-        return with_ir_drop(cb, self.ir_drop, 0.0) if self.ir_drop > 0.0 else cb
+        return with_ir_drop(cb, self.ir_drop, 0.0)  # cb itself when ir_drop = 0
 
 
 class InSituTrainer:

@@ -142,7 +142,7 @@ def with_ir_drop(cb, r: float, gamma: float):
 
     forward = [eff(wf, cb.w_max[i], f"layer {i + 1}'s crossbar W_{i}") for i, wf in enumerate(cb.forward)]
     backward = [  # the feedback into layer i − 1 reads W_i, or the untied W^b_i (C-VF) in its own array
-        fw if np.array_equal(wb, wf) else eff(wb, float(np.abs(wb).max(initial=0.0)), f"layer {i + 1}'s feedback crossbar W^b_{i}")
+        fw if wb is wf or np.array_equal(wb, wf) else eff(wb, float(np.abs(wb).max(initial=0.0)), f"layer {i + 1}'s feedback crossbar W^b_{i}")
         for i, (wf, wb, fw) in enumerate(zip(cb.forward, cb.backward, forward))
     ]
     readout = None if cb.readout is None else eff(cb.readout, cb.readout_w_max, "the readout crossbar")
