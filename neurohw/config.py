@@ -113,6 +113,7 @@ class LearnerConfig:
     T_eval: int = _f(0, "free-phase steps at evaluation (0 = T_free)")
     T_backprop: int = _f(0, "bptt: steps differentiated through, the last ones (0 = all T_free)")
     psi_deg: float = _f(0.0, "cvf: initial angle in degrees between forward and feedback weights")
+    vf_rule: str = _f("activity", "cvf: per-step update, activity (post-synaptic change × pre-synaptic activity, eq. C-VF) | vector-field ((∂F/∂θ)ᵀ Δs: the change gated by ρ'(a), eq. C-VF-vf)")
     seed: int = _f(0, "seed of the learner's own generator (sign of β for random-sign; DTP: feedback init and noise)")
     fb_iters: tuple[int, ...] = _f((20,), "dtp/drl/ldrl: feedback training iterations per batch, per feedback layer G_2…G_N (one value broadcasts)")
     fb_noise: tuple[float, ...] = _f((0.1,), "dtp/drl/ldrl: noise std σ of the feedback loss, per feedback layer (one value broadcasts)")
@@ -122,6 +123,7 @@ class LearnerConfig:
     def __post_init__(self) -> None:
         check_choice("learner.algorithm", self.algorithm, ("ep", "cep", "cvf", "bptt", "bp", "dtp", "drl", "ldrl"))
         check_choice("learner.estimator", self.estimator, ("one-sided", "random-sign", "symmetric"))
+        check_choice("learner.vf_rule", self.vf_rule, ("activity", "vector-field"))
         check_positive("learner.beta", self.beta)
         check_positive("learner.T_free", self.T_free)
         check_positive("learner.T_nudge", self.T_nudge)

@@ -39,6 +39,13 @@ class Activation:
     def numpy(self, a: np.ndarray) -> np.ndarray:
         return self.numpy_fn(a)
 
+    def slope(self, a: torch.Tensor) -> torch.Tensor:
+        """ρ'(a) elementwise, by autograd of the torch form (exact for every registered ρ)."""
+        with torch.enable_grad():
+            a = a.detach().requires_grad_(True)
+            (d,) = torch.autograd.grad(self.torch_fn(a).sum(), a)
+        return d
+
 
 ACTIVATIONS: Registry[Activation] = Registry("activation")
 

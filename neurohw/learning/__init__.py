@@ -19,7 +19,7 @@ def _cep(cfg):
 
 
 def _cvf(cfg):
-    return CVF(cfg.beta, cfg.T_free, cfg.T_nudge, cfg.estimator, seed=cfg.seed, T_eval=cfg.T_eval)
+    return CVF(cfg.beta, cfg.T_free, cfg.T_nudge, cfg.estimator, seed=cfg.seed, T_eval=cfg.T_eval, rule=cfg.vf_rule)
 
 
 def _bptt(cfg):

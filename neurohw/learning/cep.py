@@ -17,6 +17,10 @@ C-VF replaces the tied feedback by untied weights and the update by the local ve
     ΔW^b_n = (η/β) s_{n+1,t} (s_{n,t+1} − s_{n,t})ᵀ                                 (eq. C-VF)
 
 where W^b_n (`weight_backward`, same shape as W_n) carries s_{n+1} back to s_n as s_{n+1}·W^b_n.
+With `rule = "vector-field"` the update is the vector-field one of Scellier et al. 2018,
+Δθ = (η/β) (∂F/∂θ(x, s_t, θ_t))ᵀ (s_{t+1} − s_t) for the step s_{t+1} = F(x, s_t, θ_t): the same products
+with each post-synaptic change gated by the slope ρ'(a_t) of its neuron (eq. C-VF-vf), as in the
+authors' code.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from neurohw.nets.layered import LayeredNet
 
 
 CONTINUAL_ESTIMATORS = ("one-sided", "random-sign")
+VF_RULES = ("activity", "vector-field")
 
 
 class _Continual(RelaxationPredictor, abc.ABC):
@@ -48,7 +53,7 @@ class _Continual(RelaxationPredictor, abc.ABC):
         self.sampler = BetaSampler(beta, estimator, seed, CONTINUAL_ESTIMATORS)
 
     @abc.abstractmethod
-    def updates(self, net: LayeredNet, x, y, s, s_next, beta: float, t: int) -> list[torch.Tensor]:
+    def updates(self, net: LayeredNet, x, x_drive, y, s, s_next, beta: float, t: int) -> list[torch.Tensor]:
         """The update of step t (without η/β), summed over the batch, ordered as `param_list()`."""
 
     def check_net(self, net: LayeredNet) -> None:
@@ -66,7 +71,7 @@ class _Continual(RelaxationPredictor, abc.ABC):
             if t > 0:
                 x_drive = net.input_drive(x)  # θ changed at the previous step
             s_next = net.step(x_drive, s, y, beta)
-            set_grads(params, self.updates(net, x, y, s, s_next, beta, t), scale)
+            set_grads(params, self.updates(net, x, x_drive, y, s, s_next, beta, t), scale)
             apply()
             s = s_next
         check_finite(s, f"{self.name} nudged")
@@ -82,28 +87,48 @@ class CEP(_Continual):
         if not net.symmetric:
             raise ConfigError("C-EP needs tied weights; use learner.algorithm = 'cvf' for untied feedback")
 
-    def updates(self, net, x, y, s, s_next, beta, t):
+    def updates(self, net, x, x_drive, y, s, s_next, beta, t):
         return net.phi_param_grads_diff(x, s_next, s, y, beta, beta if t > 0 else 0.0)
 
 
 class CVF(_Continual):
-    """C-VF: untied feedback weights and the local vector-field update of eq. C-VF."""
+    """C-VF: untied feedback weights and the local update of eq. C-VF (or eq. C-VF-vf)."""
 
     name = "cvf"
 
-    def updates(self, net, x, y, s, s_next, beta, t):
-        return vf_updates(net, x, s, s_next)
+    def __init__(self, *args, rule: str = "activity", **kwargs):
+        super().__init__(*args, **kwargs)
+        if rule not in VF_RULES:
+            raise ConfigError(f"learner.vf_rule must be one of {', '.join(VF_RULES)}, got {rule!r}")
+        self.rule = rule
+
+    def updates(self, net, x, x_drive, y, s, s_next, beta, t):
+        gates = None
+        if self.rule == "vector-field":
+            gates = [net.activation.slope(a) for a in net.pre_activations(x_drive, s, y, beta)]
+        return vf_updates(net, x, s, s_next, gates)
 
 
-def vf_updates(net: LayeredNet, x: torch.Tensor, s: list[torch.Tensor], s_next: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The local updates of eq. C-VF (without η/β), summed over the batch, ordered as `param_list()`."""
+def vf_updates(
+    net: LayeredNet,
+    x: torch.Tensor,
+    s: list[torch.Tensor],
+    s_next: list[torch.Tensor],
+    gates: list[torch.Tensor] | None = None,
+) -> list[torch.Tensor]:
+    """The local updates of eq. C-VF (without η/β), summed over the batch, ordered as `param_list()`.
+
+    `gates` (ρ'(a_t) per state, eq. C-VF-vf) multiply each post-synaptic change; None: eq. C-VF.
+    """
     pre = [x, *s]
+    d_post = [b - a for a, b in zip(s, s_next)]
+    if gates is not None:
+        d_post = [d.mul_(g) for d, g in zip(d_post, gates)]
     grads: list[torch.Tensor] = []
     for i, layer in enumerate(net.layers):
-        d_post = s_next[i] - s[i]
-        grads += [d_post.t() @ pre[i].flatten(1), d_post.sum(0)]
+        grads += [d_post[i].t() @ pre[i].flatten(1), d_post[i].sum(0)]
         if layer.weight_backward is not None:
-            grads.append(s[i].t() @ (s_next[i - 1] - s[i - 1]))
+            grads.append(s[i].t() @ d_post[i - 1])
     return grads
 
 

@@ -152,14 +152,30 @@ class LayeredNet(nn.Module):
         Under `torch.no_grad()` the activation is applied in place on fresh buffers; with grad
         enabled (BPTT) every op is out of place and differentiable.
         """
-        layers, n = self._layers, len(state)
         inplace = not torch.is_grad_enabled()
+        pre, g = self._pre_activations(x_drive, state, y, beta, inplace)
+        new = [self.activation.inplace(a) if inplace else self.activation(a) for a in pre]
+        if g is not None:
+            new[-1] = new[-1].add_(g, alpha=-beta) if inplace else new[-1].add(g, alpha=-beta)
+        return new
+
+    def pre_activations(
+        self, x_drive: torch.Tensor, state: State, y: torch.Tensor | None = None, beta: float = 0.0
+    ) -> State:
+        """The arguments a_n of ρ in `step` (with the nudge −β ∂ℓ/∂s_N when `nudge = "inside"`)."""
+        return self._pre_activations(x_drive, state, y, beta, not torch.is_grad_enabled())[0]
+
+    def _pre_activations(
+        self, x_drive: torch.Tensor, state: State, y: torch.Tensor | None, beta: float, inplace: bool
+    ) -> tuple[State, torch.Tensor | None]:
+        """(a_n per state, ∂ℓ/∂s_N when it is added outside ρ, else None); fresh tensors."""
+        layers, n = self._layers, len(state)
         fwd, ctx = [x_drive], [None]
         for i in range(1, n):
             d, c = layers[i].drive(state[i - 1])
             fwd.append(d)
             ctx.append(c)
-        new = []
+        pre, outside = [], None
         for i in range(n):
             if i + 1 < n:
                 a = layers[i + 1].feedback_add(fwd[i], state[i + 1], ctx[i + 1])
@@ -167,16 +183,14 @@ class LayeredNet(nn.Module):
                 a = x_drive.clone()
             else:
                 a = fwd[i]
-            nudged = i == n - 1 and beta != 0.0
-            if nudged:
+            if i == n - 1 and beta != 0.0:
                 g = self.cost_grad(state[i], y)
                 if self.nudge == "inside":
                     a = a.add_(g, alpha=-beta) if inplace else a.add(g, alpha=-beta)
-            r = self.activation.inplace(a) if inplace else self.activation(a)
-            if nudged and self.nudge == "outside":
-                r = r.add_(g, alpha=-beta) if inplace else r.add(g, alpha=-beta)
-            new.append(r)
-        return new
+                else:
+                    outside = g
+            pre.append(a)
+        return pre, outside
 
     def make_stepper(
         self, x_drive: torch.Tensor, y: torch.Tensor | None = None, beta: float = 0.0

@@ -40,3 +40,20 @@ def test_registry_refuses_duplicates_and_names_valid_choices():
         reg.get("b")
     with pytest.raises(ValueError):
         ACTIVATIONS.register("tanh", Activation("tanh", torch.tanh, torch.tanh_, np.tanh, "tanh"))
+
+
+SLOPES = {  # ρ'(a) in closed form, away from the kinks of the clamps (a = 0, 1, 2)
+    "tanh": lambda a: 1.0 - np.tanh(a) ** 2,
+    "sigmoid4": lambda a: 4.0 * REFERENCE["sigmoid4"](a) * (1.0 - REFERENCE["sigmoid4"](a)),
+    "hard_sigmoid": lambda a: ((a > 0.0) & (a < 1.0)).astype(float),
+    "hard_sigmoid_half": lambda a: 0.5 * ((a > 0.0) & (a < 2.0)).astype(float),
+    "identity": lambda a: np.ones_like(a),
+    "elu": lambda a: np.where(a > 0.0, 1.0, np.exp(np.minimum(a, 0.0))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SLOPES))
+def test_slope_is_the_closed_form_derivative(name):
+    a = np.linspace(-4.0, 4.0, 800)  # even count: no point on a kink
+    got = ACTIVATIONS.get(name).slope(torch.from_numpy(a)).numpy()
+    np.testing.assert_allclose(got, SLOPES[name](a), atol=1e-14)

@@ -106,6 +106,39 @@ def test_vf_update_is_post_change_times_pre_activity():
     assert torch.allclose(b1, (s_next[1] - s[1]).sum(0))
 
 
+@pytest.mark.parametrize("activation,nudge", [("sigmoid4", "outside"), ("tanh", "inside"), ("identity", "outside")])
+def test_vf_vector_field_rule_is_the_vjp_of_the_step(activation, nudge):
+    """eq. C-VF-vf: the gated updates equal (∂F/∂θ(x, s_t, θ))ᵀ (s_{t+1} − s_t) by autograd, in float64.
+
+    The nudge −β(s_N − y) does not depend on θ, so ∂F^β/∂θ is the VJP of the nudged step itself. With
+    the identity ρ' = 1 and the ungated rule (eq. C-VF) is the same VJP: the two rules differ by the gate.
+    """
+    g = torch.Generator().manual_seed(3)
+    cfg = NetConfig(hidden=(7, 5), activation=activation, nudge=nudge)
+    net = build_net(cfg, (1, 3, 3), 4, untied=True, generator=g).double()
+    set_initial_angle(net, 50.0, g)
+    x = torch.rand(6, 9, generator=g, dtype=torch.float64)
+    y = torch.nn.functional.one_hot(torch.arange(6) % 4, 4).double()
+    s = [torch.rand(6, n, generator=g, dtype=torch.float64) for n in (7, 5, 4)]
+    beta = 0.3
+    with torch.no_grad():
+        s_next = net.step(net.input_drive(x), s, y, beta)
+        learner = CVF(beta, 1, 1, rule="vector-field")
+        ours = learner.updates(net, x, net.input_drive(x), y, s, s_next, beta, 0)
+        plain = vf_updates(net, x, s, s_next)
+    params = net.param_list()
+    out = net.step(net.input_drive(x), s, y, beta)
+    ref = torch.autograd.grad(out, params, grad_outputs=[b - a for a, b in zip(s, s_next)])
+    scale = max(float(r.abs().max()) for r in ref)
+    assert max_abs_diff(ours, list(ref)) / scale < 1e-12
+    if activation == "identity":
+        assert max_abs_diff(plain, list(ref)) / scale < 1e-12
+    else:  # the gate matters: a rule without it is a different update
+        assert max_abs_diff(plain, list(ref)) / scale > 1e-2
+    with pytest.raises(ConfigError, match="vf_rule"):
+        CVF(beta, 1, 1, rule="hebbian")
+
+
 @pytest.mark.parametrize("psi", [0.0, 45.0, 90.0, 135.0])
 def test_initial_feedback_angle(psi):
     g = torch.Generator().manual_seed(0)
