@@ -213,3 +213,12 @@ def test_random_sign_nudging_draws_both_signs_reproducibly_and_estimates_the_sam
     for m, s_ in zip(mean, soft):
         cos, ratio = _cos_ratio(m, s_)
         assert cos > 0.95 and 0.85 < ratio < 1.15, (cos, ratio)
+
+
+def test_fc1_card_is_the_base_card_with_the_measured_overrides():
+    """sims/insitu_constantstep_fc1.toml reproduces the configuration of the fc1 run in docs/results.md §5."""
+    card = load_insitu("sims/insitu_constantstep_fc1.toml")
+    base = load_insitu("sims/insitu_constantstep.toml", ["insitu.hidden=[512]", "insitu.estimator=random-sign",
+                                                          "insitu.epochs=100", "insitu.schedule=cosine"])
+    assert card == base
+    assert card != load_insitu("sims/insitu_constantstep.toml")
