@@ -4,6 +4,11 @@ Reading needs h5py and numpy only. Every dataset carries a `sha256` attribute of
 order, the stored dtype); `load_spec` checks the schema, shapes, dtypes and checksums and raises
 `SpecError` naming the file and the dataset or attribute at fault. `save_spec` writes a temporary
 file next to the target and renames it, so an interrupted export leaves no file at the target path.
+
+The file starts with a 512-byte HDF5 user block (ignored by HDF5 readers) holding the sha256 of every
+byte after it. `load_spec` checks it before the HDF5 library parses anything: the C library can crash
+on some byte-level damage, which then becomes a `SpecError` instead. A deliberate edit of an exported
+file (with h5py) is accepted again after `stamp_file(path)`.
 """
 
 from __future__ import annotations
@@ -29,8 +34,55 @@ COSTS = ("mse", "ce_readout")
 NUDGES = ("inside", "outside")
 
 
+USERBLOCK = 512
+STAMP_MAGIC = b"neurohw-hdf5 sha256-after-userblock "
+
+
 def sha256(arr: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
+
+
+def _stamp_block(hexdigest: str) -> bytes:
+    return (STAMP_MAGIC + hexdigest.encode("ascii") + b"\n").ljust(USERBLOCK, b"\0")
+
+
+def _body_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        fh.seek(USERBLOCK)
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def stamp_file(path: str | Path) -> Path:
+    """Write the sha256 of the bytes after the user block into the user block (export does this)."""
+    path = Path(path)
+    with open(path, "r+b") as fh:
+        fh.seek(0)
+        if fh.read(len(STAMP_MAGIC)) != STAMP_MAGIC:
+            raise SpecError(f"{path}: no neurohw user block to stamp (not written by neurohw export)")
+    block = _stamp_block(_body_sha256(path))
+    with open(path, "r+b") as fh:
+        fh.write(block)
+    return path
+
+
+def _check_stamp(path: Path) -> None:
+    """SpecError if the file carries a neurohw stamp that does not match its bytes."""
+    with open(path, "rb") as fh:
+        head = fh.read(USERBLOCK)
+    if not head.startswith(STAMP_MAGIC):
+        return  # not stamped (another writer, or a damaged magic): the HDF5 checks below apply
+    raw = head[len(STAMP_MAGIC): len(STAMP_MAGIC) + 64]
+    if len(head) < USERBLOCK or not all(c in b"0123456789abcdef" for c in raw) or head != _stamp_block(raw.decode("ascii")):
+        raise SpecError(f"{path}: damaged file: its 512-byte user block is not a valid neurohw stamp")
+    digest = raw.decode("ascii")
+    if _body_sha256(path) != digest:
+        raise SpecError(
+            f"{path}: damaged or modified file: the sha256 of its bytes after the user block differs from the one "
+            "written at export (after a deliberate edit, neurohw.io.hdf5.stamp_file re-stamps it)"
+        )
 
 
 # ------------------------------------------------------------------------------------- writing
@@ -53,7 +105,7 @@ def save_spec(spec: NetworkSpec, path: str | Path, *, neurohw_version: str | Non
 
     path = Path(path)
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w", userblock_size=USERBLOCK) as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["neurohw_version"] = neurohw_version or __version__
@@ -113,6 +165,8 @@ def save_spec(spec: NetworkSpec, path: str | Path, *, neurohw_version: str | Non
                 dg.attrs["model"] = spec.device.model
                 dg.attrs["params_json"] = json.dumps(spec.device.params, sort_keys=True)
             f.attrs["datasets"] = "\n".join(_dataset_paths(f))
+        with open(tmp, "r+b") as fh:
+            fh.write(_stamp_block(_body_sha256(Path(tmp))))
     return path
 
 
@@ -202,6 +256,10 @@ def load_spec(path: str | Path) -> NetworkSpec:
     path = Path(path)
     if not path.exists():
         raise SpecError(f"{path}: no such file")
+    try:
+        _check_stamp(path)
+    except OSError as e:
+        raise SpecError(f"{path}: cannot be read: {e}") from None
     try:
         ok = h5py.is_hdf5(path)
     except Exception as e:

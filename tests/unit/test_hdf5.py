@@ -22,7 +22,7 @@ from neurohw.config import NetConfig, load_config
 from neurohw.devices.mapping import DeviceProfile, import_conductances, load_profile, map_spec, map_weight
 from neurohw.errors import ConfigError, SpecError
 from neurohw.export import spec_from_run
-from neurohw.io.hdf5 import load_spec, save_spec
+from neurohw.io.hdf5 import STAMP_MAGIC, USERBLOCK, load_spec, save_spec, stamp_file
 from neurohw.learning import set_initial_angle
 from neurohw.nets.build import build_net
 from neurohw.spec import from_spec, to_spec
@@ -132,9 +132,33 @@ def valid_file(tmp_path) -> Path:
 
 
 def _edit(path: Path, fn) -> Path:
+    """A deliberate edit with h5py, re-stamped so that the file-level checksum passes and the
+    schema checks below it are what is tested."""
     with h5py.File(path, "r+") as f:
         fn(f)
-    return path
+    return stamp_file(path)
+
+
+def test_the_user_block_checksum_catches_any_changed_byte_before_hdf5_parses(valid_file):
+    """Every byte after the 512-byte user block is covered by the stamp; an edit is refused until re-stamped."""
+    original = load_spec(valid_file)
+    data = valid_file.read_bytes()
+    assert data.startswith(STAMP_MAGIC) and len(data) > USERBLOCK
+    rng = np.random.default_rng(0)
+    for pos in [USERBLOCK, len(data) - 1, *rng.integers(USERBLOCK, len(data), 20)]:
+        bad = bytearray(data)
+        bad[pos] ^= 0x5A
+        valid_file.write_bytes(bytes(bad))
+        with pytest.raises(SpecError, match="sha256 of its bytes after the user block"):
+            load_spec(valid_file)
+    bad = bytearray(data)
+    bad[len(STAMP_MAGIC) + 70] = 0x41  # in the padding of the user block
+    valid_file.write_bytes(bytes(bad))
+    with pytest.raises(SpecError, match="user block"):
+        load_spec(valid_file)
+    valid_file.write_bytes(data)
+    _edit(valid_file, lambda f: f.attrs.__setitem__("seed", 5))  # h5py keeps the user block; stamp_file blesses
+    assert load_spec(valid_file).seed == 5 and load_spec(valid_file).layers[0].weight.tobytes() == original.layers[0].weight.tobytes()
 
 
 @pytest.mark.parametrize(
@@ -176,7 +200,7 @@ MUTATIONS = ["flip_byte", "delete", "attr", "data"]
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(kind=st.sampled_from(MUTATIONS), pick=st.integers(0, 10**9), value=st.integers(0, 255))
 def test_mutated_files_load_identically_or_raise_spec_error(valid_file, kind, pick, value):
-    """Whatever is damaged, load_spec returns the same network or raises SpecError — nothing else."""
+    """Whatever is damaged, load_spec returns the same network or raises SpecError — nothing else (no crash)."""
     work = valid_file.with_name(f"m_{kind}_{pick}.h5")
     shutil.copy(valid_file, work)
     original = load_spec(valid_file)
@@ -202,6 +226,7 @@ def test_mutated_files_load_identically_or_raise_spec_error(valid_file, kind, pi
                 flat = obj[()].reshape(-1)
                 flat[pick % flat.size] = flat[pick % flat.size] + 1 + value
                 obj[...] = flat.reshape(obj.shape)
+        stamp_file(work)  # edits made with h5py reach the schema checks; byte flips are caught by the stamp
     try:
         loaded = load_spec(work)
     except SpecError as e:
