@@ -55,16 +55,19 @@ def _body_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def stamp_file(path: str | Path) -> Path:
-    """Write the sha256 of the bytes after the user block into the user block (export does this)."""
-    path = Path(path)
-    with open(path, "r+b") as fh:
-        fh.seek(0)
-        if fh.read(len(STAMP_MAGIC)) != STAMP_MAGIC:
-            raise SpecError(f"{path}: no neurohw user block to stamp (not written by neurohw export)")
+def _write_stamp(path: Path) -> None:
     block = _stamp_block(_body_sha256(path))
     with open(path, "r+b") as fh:
         fh.write(block)
+
+
+def stamp_file(path: str | Path) -> Path:
+    """Write the sha256 of the bytes after the user block into the user block (export does this)."""
+    path = Path(path)
+    with open(path, "rb") as fh:
+        if fh.read(len(STAMP_MAGIC)) != STAMP_MAGIC:
+            raise SpecError(f"{path}: no neurohw user block to stamp (not written by neurohw export)")
+    _write_stamp(path)
     return path
 
 
@@ -165,8 +168,7 @@ def save_spec(spec: NetworkSpec, path: str | Path, *, neurohw_version: str | Non
                 dg.attrs["model"] = spec.device.model
                 dg.attrs["params_json"] = json.dumps(spec.device.params, sort_keys=True)
             f.attrs["datasets"] = "\n".join(_dataset_paths(f))
-        with open(tmp, "r+b") as fh:
-            fh.write(_stamp_block(_body_sha256(Path(tmp))))
+        _write_stamp(Path(tmp))
     return path
 
 
