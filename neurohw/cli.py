@@ -38,10 +38,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         card = str(Path(args.out) / "config.toml")
     if card is None:
         raise ConfigError("neurohw train needs a model card, e.g. `neurohw train models/mnist_ep_fc1.toml`")
-    cfg = load_config(card, overrides)
+    notes: list[str] = []
+    cfg = load_config(card, overrides, notes=notes)
     out = args.out or str(Path("runs") / Path(card).stem)
     summary = train(
-        cfg, out, resume=args.resume, overwrite=args.overwrite, data_dir=args.data_dir, progress=not args.no_progress
+        cfg, out, resume=args.resume, overwrite=args.overwrite, data_dir=args.data_dir, progress=not args.no_progress,
+        notes=notes,
     )
     print(
         f"{Path(out)}: best epoch {summary['best_epoch']} by validation error "

@@ -149,8 +149,13 @@ class TrainConfig:
     eval_batch_size: int = _f(1000, "batch size of evaluation")
     optimizer: str = _f("sgd", "sgd | adam")
     lrs: tuple[float, ...] = _f((0.05,), "learning rate per layer, input → output (one value broadcasts)")
-    momentum: float = _f(0.0, "sgd momentum")
-    weight_decay: float = _f(0.0, "L2 weight decay of the optimizer")
+    momentum: float = _f(0.0, "sgd momentum (cep/cvf: the buffer runs through every nudged step, see docs/math.md eq. C-EP-opt)")
+    weight_decay: float = _f(
+        0.0,
+        "L2 weight decay λ: every batch shrinks θ by the factor 1 − η·λ (cep/cvf: spread over the T_nudge per-step "
+        "updates, each step's decay (1 − η·λ)^(1/T_nudge) and its gradient rescaled so that a batch decays as one EP "
+        "step, eq. C-EP-decay)",
+    )
     scheduler: str = _f("none", "none | cosine (annealing per epoch down to lr_min)")
     cosine_epochs: int = _f(0, "epochs of the cosine annealing, then constant lr_min (0 = epochs)")
     lr_min: float = _f(0.0, "learning rate at the end of the cosine schedule (every layer)")
@@ -193,7 +198,18 @@ class RunConfig:
         check_choice("dtype", self.dtype, ("float32", "float64"))
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device = '{self.device}' is not valid; valid: auto, cpu, cuda, cuda:N")
+        if self.learner.algorithm in CONTINUAL and self.train.optimizer != "sgd":
+            raise ConfigError(
+                f"train.optimizer = '{self.train.optimizer}' with learner.algorithm = '{self.learner.algorithm}': "
+                "C-EP and C-VF step the optimizer at every nudged step, and Adam's moment estimates would then mix "
+                "the steps of a phase and rescale each one (its update is no longer the local rule of eq. C-EP); "
+                "use train.optimizer = 'sgd'"
+            )
 
+
+EP_FAMILY = ("ep", "cep", "cvf")  # learners that relax and nudge the recurrent dynamics
+CONTINUAL = ("cep", "cvf")  # learners that step the optimizer at every nudged step
+DTP_FAMILY = ("dtp", "drl", "ldrl")
 
 SECTIONS = {"data": DataConfig, "net": NetConfig, "learner": LearnerConfig, "train": TrainConfig, "reference": ReferenceConfig}
 TOP_LEVEL = ("device", "dtype")
@@ -295,7 +311,7 @@ def apply_overrides(
         path, value = parse_override(item)
         full = ".".join(path)
         if full not in keys:
-            raise ConfigError(f"unknown config key '{full}'{did_you_mean(full, keys)}")
+            raise ConfigError(f"unknown config key '{full}' in the override '{item}'{did_you_mean(full, keys)}")
         node = out
         for part in path[:-1]:
             node = node.setdefault(part, {})
@@ -314,14 +330,106 @@ def read_toml(path: str | Path, what: str) -> dict[str, Any]:
         raise ConfigError(f"{what} '{path}' is not valid TOML: {e}") from None
 
 
-def load_config(card: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    """The RunConfig of a TOML card (or the defaults) with `key=value` overrides applied."""
-    table = read_toml(card, "model card") if card is not None else {}
+# ------------------------------------------------------------------- keys a run does not use
+def key_usage(cfg: RunConfig) -> dict[str, tuple[bool, str]]:
+    """For every key that only some runs use: (whether `cfg` uses it, what uses it).
+
+    `learner.seed` is not listed: one-sided EP, BPTT and BP draw nothing from it, but a seed sweep sets
+    it for every member alike (the learners that draw random numbers take it: random-sign β, DTP).
+    """
+    a, arch = cfg.learner.algorithm, cfg.net.architecture
+    ep, dtp = a in EP_FAMILY, a in DTP_FAMILY
+    conv = (arch == "conv", "net.architecture = 'conv'")
+    usage = {
+        "learner.estimator": (ep, "the EP learners (learner.algorithm = ep, cep, cvf)"),
+        "learner.beta": (ep or dtp, "the EP learners (ep, cep, cvf) and the DTP learners (dtp, drl, ldrl)"),
+        "learner.T_free": (ep or a == "bptt", "the relaxing learners (ep, cep, cvf, bptt)"),
+        "learner.T_nudge": (ep, "the EP learners (ep, cep, cvf)"),
+        "learner.T_eval": (ep or a == "bptt", "the relaxing learners (ep, cep, cvf, bptt)"),
+        "learner.T_backprop": (a == "bptt", "learner.algorithm = 'bptt'"),
+        "learner.psi_deg": (a == "cvf", "learner.algorithm = 'cvf'"),
+        "learner.vf_rule": (a == "cvf", "learner.algorithm = 'cvf'"),
+        "net.nudge": (ep, "the nudged phases of the EP learners (ep, cep, cvf)"),
+        "train.momentum": (cfg.train.optimizer == "sgd", "train.optimizer = 'sgd'"),
+        "train.cosine_epochs": (cfg.train.scheduler == "cosine", "train.scheduler = 'cosine'"),
+        "train.lr_min": (cfg.train.scheduler == "cosine", "train.scheduler = 'cosine'"),
+        "data.crop_padding": (cfg.data.augment, "data.augment = true"),
+    }
+    for key in ("fb_iters", "fb_noise", "fb_lrs", "fb_momentum"):
+        usage[f"learner.{key}"] = (dtp, "the DTP learners (learner.algorithm = dtp, drl, ldrl)")
+    for key in ("channels", "kernel_sizes", "strides", "paddings", "pools"):
+        usage[f"net.{key}"] = conv
+    return usage
+
+
+def _value(cfg: RunConfig, key: str) -> Any:
+    node: Any = cfg
+    for part in key.split("."):
+        node = getattr(node, part)
+    return node
+
+
+def _default(key: str) -> Any:
+    section, name = key.split(".")
+    return SECTIONS[section].__dataclass_fields__[name].default
+
+
+def _unused_message(cfg: RunConfig, key: str, used_by: str) -> str:
+    return f"{key} = {_toml_value(_value(cfg, key))} is not used by this run: only {used_by} use{'s' if '=' in used_by else ''} it"
+
+
+def check_unused(cfg: RunConfig, card_table: dict[str, Any], overrides: list[str], *, check_card: bool = True) -> list[str]:
+    """Refuse (ConfigError) a key the run does not use when it was set on the command line, or set by
+    the card to a non-default value that its own settings do not use; return one warning per card key
+    that an override made unused (e.g. `learner.algorithm=bp` on an EP card: the card's nudge)."""
+    usage = key_usage(cfg)
+    given = {".".join(parse_override(o)[0]) for o in overrides}
+    for key in sorted(given):
+        if key in usage and not usage[key][0]:
+            raise ConfigError(f"{_unused_message(cfg, key, usage[key][1])}; drop the override")
+    if not check_card:
+        return []
     try:
-        return from_dict(apply_overrides(table, list(overrides)))
+        own = key_usage(from_dict(card_table))  # what the card's own settings use
+    except ConfigError:
+        own = {}
+    notes = []
+    for key, (used, used_by) in usage.items():
+        section, name = key.split(".")
+        if used or key in given or name not in card_table.get(section, {}) or _value(cfg, key) == _default(key):
+            continue
+        if own.get(key, (False, ""))[0]:
+            notes.append(_unused_message(cfg, key, used_by) + " (the card sets it; the overrides made it unused)")
+        else:
+            raise ConfigError(f"{_unused_message(cfg, key, used_by)}; remove it from the card")
+    return notes
+
+
+def load_config(
+    card: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    *,
+    notes: list[str] | None = None,
+    check_card: bool = True,
+) -> RunConfig:
+    """The RunConfig of a TOML card (or the defaults) with `key=value` overrides applied.
+
+    A key the run does not use is refused (`check_unused`); the warnings about card keys that the
+    overrides made unused are appended to `notes` when given. The card's own keys are not checked with
+    `check_card=False` nor when the card is a run's resolved config.toml (it lists every key).
+    """
+    table = read_toml(card, "model card") if card is not None else {}
+    merged = apply_overrides(table, list(overrides))  # an unknown override key is named as an override
+    try:
+        cfg = from_dict(merged)
+        resolved = all(table.get(sec, {}).keys() >= cls.__dataclass_fields__.keys() for sec, cls in SECTIONS.items())
+        found = check_unused(cfg, table, list(overrides), check_card=check_card and not resolved)
     except ConfigError as e:
-        where = f" in '{card}'" if card is not None else ""
+        where = "" if card is None else f" (card '{card}' with overrides)" if overrides else f" in '{card}'"
         raise ConfigError(f"{e}{where}") from None
+    if notes is not None:
+        notes.extend(found)
+    return cfg
 
 
 # ------------------------------------------------------------------------------- serialisation

@@ -27,19 +27,28 @@ from typing import Any, Callable
 import torch
 
 from neurohw import __version__
-from neurohw.config import RunConfig, to_dict, to_toml
+from neurohw.config import CONTINUAL, RunConfig, to_dict, to_toml
 from neurohw.data import Preprocess, Splits, augment, draw_augment, limit_splits, load_splits, one_hot
 from neurohw.distributed import DistContext
 from neurohw.errors import CheckpointError, ConfigError, DivergenceError
 from neurohw.io.atomic import write_text, write_with
 from neurohw.learning import Learner, build_learner, set_initial_angle, weight_angles_deg
+from neurohw.learning.cep import ContinualDecay
 from neurohw.nets.build import build_net
 from neurohw.nets.layered import LayeredNet
 
 CHECKPOINT_FORMAT = "neurohw-checkpoint"
 CHECKPOINT_VERSION = 1
-# keys that may differ between a checkpoint's config and the config it is resumed with
-RESUMABLE_CHANGES = {("train", "epochs"), ("train", "patience"), ("train", "eval_batch_size"), ("device",)}
+# keys that may differ between a checkpoint's config and the config it is resumed with (the span of a
+# cosine schedule, cosine_epochs or epochs, must stay the same: `check_extension`)
+RESUMABLE_CHANGES = {
+    ("train", "epochs"), ("train", "cosine_epochs"), ("train", "patience"), ("train", "eval_batch_size"), ("device",),
+}
+# a run is said not to learn when an error is within this many points of the majority-class error, or
+# when its training loss exceeds this factor times its lowest value so far (docs/results.md §1 shows
+# healthy runs: their loss never rises above 1.5× its minimum before a collapse)
+CHANCE_MARGIN = 0.10
+LOSS_RISE_FACTOR = 2.0
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -123,6 +132,48 @@ class TrainState:
     best_epoch: int = 0
     best_test: float = math.nan
     history: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+STATE_KEYS = ("epoch", "best_val", "best_epoch", "best_test", "history", "warnings")
+
+
+def check_extension(old: dict[str, Any], cfg: RunConfig) -> None:
+    """Refuse a resume whose train.epochs / cosine_epochs would change the learning-rate schedule of
+    the epochs already trained, or extend a cosine schedule that ended at learning rate 0.
+
+    The cosine schedule anneals from train.lrs to train.lr_min over its span S = cosine_epochs (0:
+    epochs), then stays at lr_min. Extending a run keeps S (pass train.cosine_epochs = S when S came
+    from train.epochs); the extra epochs then train at lr_min, which must be > 0.
+    """
+    t_old, t_new = old["train"], cfg.train
+    if t_new.scheduler != "cosine":
+        return
+    span_old = t_old["cosine_epochs"] or t_old["epochs"]
+    span_new = t_new.cosine_epochs or t_new.epochs
+    if span_new != span_old:
+        how = f"train.cosine_epochs = {t_old['cosine_epochs']}" if t_old["cosine_epochs"] else \
+            f"train.cosine_epochs = 0, so it spans train.epochs = {t_old['epochs']}"
+        raise CheckpointError(
+            f"--resume with train.epochs = {t_new.epochs}, train.cosine_epochs = {t_new.cosine_epochs}: the run's "
+            f"cosine schedule anneals over {span_old} epochs ({how}); a span of {span_new} epochs would change the "
+            f"learning rates of the epochs already trained. To train on after the annealing at the constant "
+            f"train.lr_min, add train.cosine_epochs={span_old}; to anneal over {t_new.epochs} epochs, start a new run"
+        )
+    if t_new.epochs > span_old and t_new.lr_min == 0.0:
+        raise CheckpointError(
+            f"--resume with train.epochs = {t_new.epochs}: the run's cosine schedule ends at epoch {span_old} with "
+            f"train.lr_min = 0, so epochs {span_old + 1}…{t_new.epochs} would train at learning rate 0 and change "
+            f"nothing; start a new run with train.epochs = {t_new.epochs} instead"
+        )
+
+
+def majority_error(labels: torch.Tensor, n_classes: int) -> float:
+    """The error of always predicting the most frequent class of `labels` (1 − 1/K when balanced)."""
+    if len(labels) == 0:
+        return math.nan
+    counts = torch.bincount(labels.long(), minlength=n_classes)
+    return 1.0 - float(counts.max()) / len(labels)
 
 
 def _config_diff(a: dict, b: dict, prefix: tuple = ()) -> list[str]:
@@ -175,7 +226,10 @@ def _prepare_run_dir(run: RunDir, resume: bool, overwrite: bool) -> None:
 class Trainer:
     """One training run: set-up (or resume), epochs, checkpoints, summary. `train()` drives it."""
 
-    def __init__(self, cfg: RunConfig, out: str | Path, *, resume: bool, overwrite: bool, data_dir, splits, progress: bool, log):
+    def __init__(
+        self, cfg: RunConfig, out: str | Path, *, resume: bool, overwrite: bool, data_dir, splits, progress: bool, log,
+        notes: list[str] | tuple[str, ...] = (),
+    ):
         self.cfg = cfg
         want = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
         self.ctx = ctx = DistContext.from_env(want)
@@ -204,7 +258,16 @@ class Trainer:
         self.preprocess = Preprocess(self.info, self.net.input_shape, self.device, self.dtype)
         self.shuffle_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
         self.augment_gen = torch.Generator().manual_seed(cfg.train.seed + 2)
-        self.state = TrainState()
+        self.apply = self._apply
+        if cfg.learner.algorithm in CONTINUAL and cfg.train.weight_decay > 0.0:  # eq. C-EP-decay
+            self.apply = ContinualDecay(self.optimizer, cfg.train.weight_decay, cfg.learner.T_nudge, step=self._apply)
+        self.majority = {
+            name: majority_error(split.labels, self.info.n_classes)
+            for name, split in (("train", self.train_split), ("val", self.val_split))
+        }
+        self.state = TrainState(warnings=list(notes))
+        for note in notes:
+            self.say(f"warning: {note}")
         if resume:
             self._resume()
         if ctx.is_main:
@@ -215,6 +278,7 @@ class Trainer:
         diff = _config_diff(ck["config"], to_dict(self.cfg))
         if diff:
             raise CheckpointError(f"--resume: the config differs from the checkpoint's in {'; '.join(diff)}")
+        check_extension(ck["config"], self.cfg)
         self.net.load_state_dict(ck["net"])
         self.optimizer.load_state_dict(ck["optimizer"])
         if self.scheduler is not None:
@@ -251,7 +315,7 @@ class Trainer:
                 x4 = augment(x4, cfg.data.crop_padding, draw)
             x = x4.reshape(x4.shape[0], *self.net.input_shape)
             y = one_hot(split.labels[idx], self.info.n_classes, self.dtype)
-            stats = self.learner.step(self.net, x, y, self._apply)
+            stats = self.learner.step(self.net, x, y, self.apply)
             loss_sum += stats["loss"] * x.shape[0]
             correct += stats["correct"]
             if bar is not None:
@@ -291,13 +355,59 @@ class Trainer:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
             "learner": self.learner.state_dict(),
             "generators": {"shuffle": self.shuffle_gen.get_state(), "augment": self.augment_gen.get_state()},
-            "state": {k: getattr(self.state, k) for k in ("epoch", "best_val", "best_epoch", "best_test", "history")},
+            "state": {k: getattr(self.state, k) for k in STATE_KEYS},
         }
         write_with(self.run.checkpoint, lambda f: torch.save(checkpoint, f))
+
+    def learning_warnings(self, line: dict[str, Any]) -> list[str]:
+        """Warnings that the epoch of `line` shows a run that does not learn (see CHANCE_MARGIN)."""
+        out, e = [], line["epoch"]
+        lrs = "[" + ", ".join(f"{lr:g}" for lr in self.cfg.train.lrs) + "]"
+        near = [
+            f"the {name} error {100 * line[key]:.1f} % (majority class: {100 * self.majority[split]:.1f} %)"
+            for name, key, split in (("training", "train_error", "train"), ("validation", "val_error", "val"))
+            if line[key] > self.majority[split] - CHANCE_MARGIN  # NaN (no validation split) never warns
+        ]
+        if near:
+            out.append(
+                f"epoch {e}: {' and '.join(near)} within {100 * CHANCE_MARGIN:.0f} points of always answering the "
+                f"majority class: the net is not learning. Likely causes: train.lrs = {lrs} too large (the weights "
+                "jump and the states saturate) or too small, learner.beta too small, or too few relaxation steps "
+                "(learner.T_free) for the dynamics to settle"
+            )
+        earlier = [h["train_loss"] for h in self.state.history[:-1]]
+        if earlier and line["train_loss"] > LOSS_RISE_FACTOR * min(earlier):
+            k = min(range(len(earlier)), key=lambda i: earlier[i])
+            out.append(
+                f"epoch {e}: the training loss {line['train_loss']:.4g} is more than {LOSS_RISE_FACTOR:g}× its lowest "
+                f"value {earlier[k]:.4g} (epoch {k + 1}): training is diverging. Likely cause: learning rates too large "
+                f"for this stage of training (train.lrs = {lrs}, lrs this epoch {[round(lr, 6) for lr in line['lrs']]})"
+            )
+        return out
+
+    def finished(self) -> str | None:
+        """Why there is nothing left to train (run complete, or stopped by patience), or None."""
+        cfg, state = self.cfg, self.state
+        if state.epoch >= cfg.train.epochs:
+            return (
+                f"'{self.run.root}' is already complete: {state.epoch} of train.epochs = {cfg.train.epochs} epochs trained; "
+                "nothing to do (to train longer: --resume with a larger train.epochs)"
+            )
+        stale = state.epoch - state.best_epoch
+        if cfg.train.patience and state.epoch and stale >= cfg.train.patience:
+            return (
+                f"'{self.run.root}' stopped early after epoch {state.epoch}: no better validation error for {stale} epochs "
+                f"(train.patience = {cfg.train.patience}); nothing to do (to go on: --resume with a larger train.patience)"
+            )
+        return None
 
     def fit(self) -> dict[str, Any]:
         cfg, state = self.cfg, self.state
         wall_start = time.perf_counter()
+        done = self.finished()
+        if done is not None:
+            self.say(done)
+            return self.summary(0.0)
         for epoch in range(state.epoch, cfg.train.epochs):
             t0 = time.perf_counter()
             train_loss, train_error, n_seen = self.train_epoch(epoch)
@@ -325,6 +435,10 @@ class Trainer:
                 line.update(epoch_metrics(self.net, *self.diagnostic_batch()))
             state.epoch = epoch + 1
             state.history.append(line)
+            warnings = self.learning_warnings(line)
+            if warnings:
+                line["warnings"] = warnings
+                state.warnings.extend(warnings)
             improved = not (val_error >= state.best_val)  # NaN val (val_size = 0) selects the last epoch
             if improved:
                 state.best_val, state.best_epoch, state.best_test = val_error, epoch + 1, test_error
@@ -333,6 +447,8 @@ class Trainer:
                 f"epoch {epoch + 1:3d}/{cfg.train.epochs}  train {100 * train_error:6.2f} %  val {100 * val_error:6.2f} %  "
                 f"test {100 * test_error:6.2f} %  {line['wall_s']:7.1f} s  {line['samples_per_s']:8.0f} samples/s"
             )
+            for w in warnings:
+                self.say(f"warning: {w}")
             stale = state.epoch - state.best_epoch  # epochs since the best validation error
             if cfg.train.patience and stale >= cfg.train.patience:
                 self.say(f"early stop: no better validation error for {stale} epochs")
@@ -350,6 +466,7 @@ class Trainer:
             "val_error": state.best_val,
             "test_error": state.best_test,
             "final": state.history[-1] if state.history else None,
+            "warnings": list(state.warnings),
             "wall_s_this_session": wall_s,
             "wall_s_total": sum(h["wall_s"] for h in state.history),
             "device": str(self.device),
@@ -377,9 +494,15 @@ def train(
     splits: Splits | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = print,
+    notes: list[str] | tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Train `cfg` into the run directory `out`; returns the summary (also written to summary.json)."""
-    trainer = Trainer(cfg, out, resume=resume, overwrite=overwrite, data_dir=data_dir, splits=splits, progress=progress, log=log)
+    """Train `cfg` into the run directory `out`; returns the summary (also written to summary.json).
+
+    `notes`: warnings about the config (card keys that the overrides made unused, from `load_config`),
+    printed once and recorded in summary.json with the learning warnings of the epochs."""
+    trainer = Trainer(
+        cfg, out, resume=resume, overwrite=overwrite, data_dir=data_dir, splits=splits, progress=progress, log=log, notes=notes
+    )
     return trainer.fit()
 
 

@@ -62,12 +62,13 @@ def run_all(names: list[str], epochs: int, out: Path, limit_train: int) -> list[
     rows, nets = [], {}
     for name in names:
         card, overrides, space, time_local, symmetric, needs = METHODS[name]
-        cfg = load_config(ROOT / "models" / f"{card}.toml", overrides + common_overrides(epochs, limit_train))
+        notes: list[str] = []  # card keys the method's overrides leave unused: printed once, in summary.json
+        cfg = load_config(ROOT / "models" / f"{card}.toml", overrides + common_overrides(epochs, limit_train), notes=notes)
         nets[name] = cfg.net
         if nets[name] != nets[names[0]]:
             raise SystemExit(f"compare: method {name} uses another net than {names[0]}: {cfg.net} vs {nets[names[0]]}")
         print(f"== {name}: {card} {' '.join(overrides)}  ({time.strftime('%H:%M:%S')})", flush=True)
-        summary = train(cfg, out / name, overwrite=True, progress=False, log=print)
+        summary = train(cfg, out / name, overwrite=True, progress=False, log=print, notes=notes)
         history = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
         rows.append({
             "method": name, "card": card, "overrides": overrides, "algorithm": cfg.learner.algorithm,

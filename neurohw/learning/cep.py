@@ -109,6 +109,56 @@ class CVF(_Continual):
         return vf_updates(net, x, s, s_next, gates)
 
 
+class ContinualDecay:
+    """The `apply` of a continual learner with weight decay λ (docs/math.md eq. C-EP-decay).
+
+    C-EP and C-VF step the optimizer T = `T_nudge` times per batch. Decaying by λ at each of them would
+    shrink θ T times as much as one EP step does, and would decay the update of step k again at each
+    of the T − 1 − k steps that follow it. For a parameter group of learning rate η, every step instead
+    decays by the factor a = (1 − η·λ)^(1/T) (SGD weight decay (1 − a)/η) and the gradient of step k
+    (0-based) is divided by a^(T−1−k), so that with plain SGD a batch gives exactly
+
+        θ_T = (1 − η·λ)·θ_0 − η·Σ_k g_k,
+
+    EP's decayed step when Σ_k g_k is EP's gradient (η → 0), as in Laborieux et al. 2021's code. The
+    factors follow the learning rates of the groups (the scheduler changes them between epochs).
+    With momentum μ the buffer carries each step's decayed gradient into the later steps of the phase
+    and into the next batches (the local-in-time rule then acts through the buffer, as with any
+    momentum); the decay correction is exact for μ = 0 only.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, weight_decay: float, T_nudge: int, step=None):
+        if not weight_decay >= 0.0:
+            raise ConfigError(f"train.weight_decay must be ≥ 0, got {weight_decay}")
+        self.optimizer, self.weight_decay, self.T = optimizer, float(weight_decay), int(T_nudge)
+        self._step = step if step is not None else optimizer.step
+        self.k = 0
+        self._factors: list[float] = []
+
+    def __call__(self) -> None:
+        groups = self.optimizer.param_groups
+        if self.k == 0:  # first nudged step of a batch: this batch's per-step decay of every group
+            self._factors = []
+            for i, g in enumerate(groups):
+                lr = float(g["lr"])
+                if lr * self.weight_decay >= 1.0:
+                    raise ConfigError(
+                        f"train.weight_decay = {self.weight_decay} with the learning rate {lr} of layer {i}: "
+                        "η·λ ≥ 1 would decay the weights past zero in one batch"
+                    )
+                a = (1.0 - lr * self.weight_decay) ** (1.0 / self.T)
+                g["weight_decay"] = (1.0 - a) / lr if lr > 0.0 else 0.0
+                self._factors.append(a)
+        for g, a in zip(groups, self._factors):
+            factor = a ** -(self.T - 1 - self.k)
+            if factor != 1.0:
+                for p in g["params"]:
+                    if p.grad is not None:
+                        p.grad.mul_(factor)
+        self._step()
+        self.k = (self.k + 1) % self.T
+
+
 def vf_updates(
     net: LayeredNet,
     x: torch.Tensor,

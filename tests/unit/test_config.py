@@ -72,3 +72,72 @@ def test_every_key_is_documented():
     text = describe()
     for key in valid_keys():
         assert key in text
+
+
+# ------------------------------------------------------------------- no silently ignored option
+MODELS = Path(__file__).resolve().parents[2] / "models"
+
+
+@pytest.mark.parametrize(
+    "card, overrides, key, used_by",
+    [
+        ("mnist_ep_fc1", ["learner.algorithm=bptt", "learner.estimator=symmetric"], "learner.estimator", "EP learners"),
+        ("mnist_ep_fc1", ["learner.algorithm=bp", "learner.beta=0.2"], "learner.beta", "DTP learners"),
+        ("mnist_ep_fc1", ["learner.algorithm=bp", "learner.T_free=50"], "learner.T_free", "bptt"),
+        ("mnist_dtp_mlp", ["learner.T_free=50"], "learner.T_free", "bptt"),
+        ("mnist_dtp_mlp", ["learner.estimator=symmetric"], "learner.estimator", "EP learners"),
+        ("mnist_dtp_mlp", ["learner.psi_deg=10"], "learner.psi_deg", "'cvf'"),
+        ("mnist_ep_fc1", ["learner.vf_rule=vector-field"], "learner.vf_rule", "'cvf'"),
+        ("mnist_ep_fc1", ["learner.fb_iters=[5]"], "learner.fb_iters", "DTP learners"),
+        ("mnist_ep_fc1", ["learner.T_backprop=3"], "learner.T_backprop", "'bptt'"),
+        ("mnist_ep_fc1", ["learner.algorithm=bp", "train.optimizer=adam", "train.momentum=0.9"], "train.momentum", "'sgd'"),
+        ("mnist_ep_fc1", ["train.scheduler=none", "train.lr_min=0.01"], "train.lr_min", "'cosine'"),
+        ("mnist_ep_fc1", ["data.crop_padding=2"], "data.crop_padding", "data.augment"),
+        ("mnist_ep_fc1", ["net.pools=['avg2']"], "net.pools", "'conv'"),
+    ],
+)
+def test_an_override_the_run_does_not_use_is_refused(card, overrides, key, used_by):
+    with pytest.raises(ConfigError) as e:
+        load_config(MODELS / f"{card}.toml", overrides)
+    msg = str(e.value)
+    assert msg.startswith(key) and "not used by this run" in msg and used_by in msg and "drop the override" in msg
+
+
+def test_a_card_key_its_own_algorithm_does_not_use_is_refused(tmp_path):
+    card = tmp_path / "card.toml"
+    card.write_text('[learner]\nalgorithm = "bp"\nT_nudge = 4\n')
+    with pytest.raises(ConfigError, match=r"learner.T_nudge = 4 .*not used.*remove it from the card in '.*card.toml'"):
+        load_config(card)
+    card.write_text('[learner]\nalgorithm = "bp"\nT_nudge = 10\n')  # the default value: nothing is ignored
+    assert load_config(card).learner.T_nudge == 10
+    card.write_text('[train]\noptimizer = "adam"\nmomentum = 0.9\n')
+    with pytest.raises(ConfigError, match="train.momentum = 0.9"):
+        load_config(card)
+
+
+def test_an_algorithm_override_lists_the_card_keys_it_leaves_unused():
+    """As scripts/compare.py and sweeps do: a warning per key, not a refusal."""
+    notes: list[str] = []
+    cfg = load_config(MODELS / "mnist_cvf_fc1.toml", ["learner.algorithm=dtp"], notes=notes)
+    assert cfg.learner.algorithm == "dtp"
+    keys = sorted(n.split(" ")[0] for n in notes)
+    assert keys == ["learner.T_free", "learner.T_nudge", "learner.estimator", "net.nudge"]
+    assert all("overrides made it unused" in n for n in notes)
+    notes.clear()
+    load_config(MODELS / "cifar10_ep_vgg.toml", ["train.optimizer=adam"], notes=notes)  # the card's momentum 0.9
+    assert [n.split(" ")[0] for n in notes] == ["train.momentum"]
+
+
+def test_a_resolved_config_lists_every_key_and_loads(tmp_path):
+    notes: list[str] = []
+    cfg = load_config(MODELS / "mnist_ep_fc1.toml", ["learner.algorithm=bp"], notes=notes)
+    (tmp_path / "config.toml").write_text(to_toml(cfg))
+    assert load_config(tmp_path / "config.toml") == cfg  # the card's nudge is kept, not refused, on resume
+    with pytest.raises(ConfigError, match="learner.beta"):  # but a new override is still checked
+        load_config(tmp_path / "config.toml", ["learner.beta=0.3"])
+
+
+def test_an_unknown_override_is_not_said_to_be_in_the_card():
+    with pytest.raises(ConfigError) as e:
+        load_config(MODELS / "mnist_ep_fc1.toml", ["train.epoch=3"])
+    assert "in the override 'train.epoch=3'" in str(e.value) and "mnist_ep_fc1.toml" not in str(e.value)
