@@ -26,6 +26,7 @@ import torch
 
 from neurohw.config import DataConfig, LearnerConfig, NetConfig
 from neurohw.data import DATASETS, Preprocess, load_splits, one_hot
+from neurohw.errors import ConfigError
 from neurohw.learning.ep import EP
 from neurohw.nets.build import build_net
 
@@ -91,21 +92,36 @@ def _train_once(engine, net_cfg, learner_cfg, info, images, labels, n_batches, d
     return time.perf_counter() - t0, (net, learner, pre)
 
 
+def check_counts(samples: int, threads: int, repeats: int = 1, *, min_samples: int = 1, min_threads: int = 0) -> None:
+    """ConfigError unless samples ≥ min_samples, threads ≥ min_threads and repeats ≥ 1 (the options
+    --samples, --threads and --repeats of `neurohw bench`), before any data is loaded."""
+    for name, value, low, note in (
+        ("samples", samples, min_samples, f" (one batch of {BATCH})" if min_samples == BATCH else ""),
+        ("threads", threads, min_threads, " (0: torch's default)" if min_threads == 0 else ""),
+        ("repeats", repeats, 1, ""),
+    ):
+        if isinstance(value, bool) or int(value) != value or value < low:
+            raise ConfigError(f"bench --{name} must be an integer ≥ {low}{note}, got {value}")
+
+
 def run_bench(samples: int = 2000, device: str = "cpu", data_dir=None, threads: int = 0, repeats: int = 3) -> dict:
+    """Both engines on `samples` MNIST training samples (≥ one batch, rounded down to whole batches and
+    to the training split; the report's `samples` is the number trained), `repeats` ≥ 1 runs each."""
+    check_counts(samples, threads, repeats, min_samples=BATCH)
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device)
     dtype = torch.float32
     splits = load_splits(DataConfig(), data_dir)
     info = DATASETS["mnist"]
-    n_batches = max(1, samples // BATCH)
+    n_batches = min(samples, len(splits.train)) // BATCH
     order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(0))[: n_batches * BATCH]
     images, labels = splits.train.images[order].to(dev), splits.train.labels[order].to(dev)
     net_cfg = NetConfig(architecture="fc", hidden=SIZES[1:-1], activation="sigmoid4", cost="mse")
     learner_cfg = LearnerConfig(beta=BETA, T_free=T_FREE, T_nudge=T_NUDGE)
     results: dict[str, float] = {}
     nets = {}
-    for _ in range(max(1, repeats)):
+    for _ in range(repeats):
         for engine in ("closed_form", "autograd"):
             seconds, nets[engine] = _train_once(engine, net_cfg, learner_cfg, info, images, labels, n_batches, dev, dtype)
             results[engine] = min(results.get(engine, float("inf")), seconds)
@@ -160,7 +176,9 @@ def format_bench(r: dict) -> str:
 def run_analog_bench(path, scenario_path=None, n: int = 1000, threads: int = 2, overrides=()) -> dict:
     """MNIST inferences per second of the analog substrate, numba kernel vs numpy twin, same images and
     scenario: the card (e.g. sims/pcm_1day.toml) with full read noise on top (8-bit DAC and ADC,
-    per-read weight and output noise), so that the samples never settle and run t_max_s."""
+    per-read weight and output noise), so that the samples never settle and run t_max_s. `n` ≥ 1 test
+    images (at most the test set; the report's `n` is the number run), `threads` ≥ 1."""
+    check_counts(n, threads, min_threads=1)
     import numba
 
     numba.set_num_threads(max(1, min(threads, numba.config.NUMBA_NUM_THREADS)))  # never beyond the launched pool
@@ -175,6 +193,7 @@ def run_analog_bench(path, scenario_path=None, n: int = 1000, threads: int = 2, 
     scenario = load_scenario(scenario_path, [*full_noise, *overrides])  # the card, with full read noise on top
     spec = load_spec(path)
     _, _, x_test, y_test = load_raw(dataset_of(spec))
+    n = min(n, len(y_test))
     x = spec.preprocess(x_test[:n].numpy())
     AnalogSubstrate(scenario, "kernel").run(spec, x[:4])  # compile outside the timing
     out = {}
@@ -196,7 +215,9 @@ def run_brian2_bench(path, n: int = 100, targets: tuple[str, ...] = ("numpy", "c
     analog scenario's integration (same Δt/τ and number of steps, so the work per inference is the
     same as the analog substrate's), and the LIF model of `lif_card`. Reports simulated seconds per wall
     second, inferences per second, and the build (code generation, compilation) and run parts; then the
-    analog substrate (numba kernel, full read noise) on the same images and step count for the ratio."""
+    analog substrate (numba kernel, full read noise) on the same images and step count for the ratio.
+    `n` ≥ 1 test images (at most the test set), `threads` ≥ 1."""
+    check_counts(n, threads, min_threads=1)
     from neurohw.data import load_raw
     from neurohw.io.hdf5 import load_spec
     from neurohw.simulate import dataset_of
@@ -205,6 +226,7 @@ def run_brian2_bench(path, n: int = 100, targets: tuple[str, ...] = ("numpy", "c
 
     spec = load_spec(path)
     _, _, x_test, y_test = load_raw(dataset_of(spec))
+    n = min(n, len(y_test))
     x, y = spec.preprocess(x_test[:n].numpy()), y_test[:n].numpy()
     sub = load_scenario(analog_scenario).substrate
     h, steps = sub.dt_s / sub.tau_s, sub.max_steps

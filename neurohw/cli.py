@@ -75,7 +75,13 @@ def _write_json(path: str | None, obj: dict) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from neurohw import bench
+    from neurohw.errors import ConfigError
 
+    if args.analog and args.brian2:
+        raise ConfigError("--analog and --brian2 are two different benchmarks: give one of them")
+    if args.sim and not (args.analog or args.brian2):
+        raise ConfigError("--sim is the analog scenario of --analog or --brian2; the engine bench takes none")
+    bench.check_counts(args.samples, args.threads, args.repeats, min_samples=1 if args.analog or args.brian2 else bench.BATCH)
     if args.brian2:
         targets = tuple(t.strip() for t in args.targets.split(","))
         r = bench.run_brian2_bench(args.brian2, args.samples, targets, args.sim, threads=args.threads or 2)
@@ -123,9 +129,13 @@ def cmd_import_conductances(args: argparse.Namespace) -> int:
     from neurohw.io.hdf5 import load_spec, save_spec
 
     spec = load_spec(args.file)
-    spec = import_conductances(spec, read_measured(args.measured), str(args.measured))
+    clipped: dict[str, int] = {}
+    spec = import_conductances(spec, read_measured(args.measured), str(args.measured), clip=args.clip, clipped=clipped)
     out = save_spec(spec, args.out or args.file)
     print(f"wrote {out}: conductances from {args.measured}, effective weights recomputed")
+    if args.clip:
+        detail = f" ({', '.join(f'{k}: {n}' for k, n in clipped.items())})" if clipped else ""
+        print(f"--clip: {sum(clipped.values())} measured values lay outside [g_min, g_max] and were clipped to it{detail}")
     return 0
 
 
@@ -175,10 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.set_defaults(func=cmd_gdu)
 
     b = sub.add_parser("bench", help="closed-form engine vs autograd-of-Φ EP on MNIST (mnist_ep_fc1)")
-    b.add_argument("--samples", type=int, default=2000, help="training samples per engine (default 2000)")
+    b.add_argument("--samples", type=int, default=2000,
+                   help="training samples per engine, ≥ 20 (one batch; rounded down to whole batches; default 2000); "
+                        "with --analog/--brian2: test images, ≥ 1")
     b.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
-    b.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    b.add_argument("--repeats", type=int, default=3, help="runs per engine, fastest reported (default 3)")
+    b.add_argument("--threads", type=int, default=0, help="CPU threads, ≥ 0 (0: torch's default; 2 with --analog/--brian2)")
+    b.add_argument("--repeats", type=int, default=3, help="runs per engine, ≥ 1, fastest reported (default 3)")
     b.add_argument("--analog", metavar="FILE.h5", help="instead: the analog substrate's inference rate on this file")
     b.add_argument("--brian2", metavar="FILE.h5", help="instead: Brian2 speed per code-generation target on this file, next to the analog substrate")
     b.add_argument("--targets", default="numpy,cython,cpp_standalone", help="with --brian2: comma-separated targets")
@@ -205,15 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("file", help="network file with a device mapping")
     m.add_argument("measured", help=".npz or .h5 with layers/NN/g_plus_uS and layers/NN/g_minus_uS")
     m.add_argument("--out", help="write here instead of replacing FILE")
+    m.add_argument("--clip", action="store_true",
+                   help="clip every measured value to the device's [g_min, g_max] (without it, values beyond that range "
+                        "by more than 5 %% of g_max - g_min, the measurement tolerance, are refused)")
     m.set_defaults(func=cmd_import_conductances)
 
     sm = sub.add_parser("simulate", help="run an exported network on a substrate next to the torch reference")
     sm.add_argument("file", help="network file (neurohw export)")
-    sm.add_argument("overrides", nargs="*", metavar="key=value", help="scenario overrides, e.g. peripherals.adc_bits=6")
-    sm.add_argument("--substrate", default="analog", help="torch | analog | brian2 (default analog)")
+    sm.add_argument("overrides", nargs="*", metavar="key=value", help="scenario overrides (analog, brian2), e.g. peripherals.adc_bits=6")
+    sm.add_argument("--substrate", default="analog", help="torch | analog | brian2 (default analog); torch takes no --sim or overrides")
     sm.add_argument("--sim", help="scenario card sims/<scenario>.toml (default: ideal; brian2: the rate model's defaults)")
-    sm.add_argument("--n", type=int, default=1000, help="test images (0: all)")
-    sm.add_argument("--engine", default="kernel", help="analog: kernel (numba) | twin (numpy)")
+    sm.add_argument("--n", type=int, default=1000, help="test images, ≥ 0 (default 1000; 0: all)")
+    sm.add_argument("--engine", help="analog only: kernel (numba, the default) | twin (numpy)")
     sm.add_argument("--data-dir", help="dataset folder")
     sm.add_argument("--out", help="report.json to write")
     sm.set_defaults(func=cmd_simulate)

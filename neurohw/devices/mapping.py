@@ -9,6 +9,10 @@ optionally quantised to `n_levels` evenly spaced conductances in [g_min, g_max] 
 `levels` records each device's index), and with stuck devices: each device is stuck with probability
 `corrupt_devices_prob`, at g_max with probability `stuck_at_max_prob` and else at g_min, drawn from a
 generator seeded by the profile. The effective weight is W = (g+ − g−)/scale.
+
+Measured conductances (`import_conductances`) replace g± when they lie in [g_min, g_max] widened by
+a measurement tolerance of MEASURED_TOLERANCE = 5 % of the span g_max − g_min (never below 0); values
+beyond it are refused, or clipped to [g_min, g_max] on request.
 """
 
 from __future__ import annotations
@@ -92,10 +96,31 @@ def _with_conductance(ls, c: ConductanceSpec):
     return replace(ls, weight=c.effective_weight(), conductance=c)
 
 
-def import_conductances(spec: NetworkSpec, measured: dict[str, np.ndarray], source: str) -> NetworkSpec:
-    """Replace each layer's g± by measured values (keys `layers/NN/g_plus_uS`, `…/g_minus_uS`) and
-    recompute the effective weights; errors name the layer and the source file."""
+MEASURED_TOLERANCE = 0.05  # fraction of the span g_max − g_min by which a measured value may leave [g_min, g_max]
+
+
+def import_conductances(spec: NetworkSpec, measured: dict[str, np.ndarray], source: str, *, clip: bool = False,
+                        tolerance: float = MEASURED_TOLERANCE, clipped: dict[str, int] | None = None) -> NetworkSpec:
+    """Replace each layer's g± by measured values (keys `layers/NN/g_plus_uS`, `…/g_minus_uS`, µS) and
+    recompute the effective weights W = (g+ − g−)/scale with the file's scale; errors name the source
+    file, the layer and the key.
+
+    Measured values must lie in the device's range widened by the measurement tolerance,
+
+        max(0, g_min − tolerance·(g_max − g_min)) ≤ g ≤ g_max + tolerance·(g_max − g_min),
+
+    and are then taken as measured; a value outside it (e.g. a file in S or nS instead of µS) is refused
+    naming the worst value. With `clip=True` every finite value is accepted and clipped to [g_min, g_max]
+    instead; `clipped`, if given, receives the number of values clipped per key (keys with none are
+    left out). Non-finite values are always refused."""
+    if not 0.0 <= tolerance < float("inf"):
+        raise ConfigError(f"tolerance must be a finite fraction ≥ 0 of g_max − g_min, got {tolerance}")
     layers = list(spec.layers)
+    names = {f"layers/{i:02d}/{g}" for i in range(len(layers)) for g in ("g_plus_uS", "g_minus_uS")}
+    unknown = sorted(k for k in measured if k.rsplit("/", 1)[-1] in ("g_plus_uS", "g_minus_uS") and k not in names)
+    if unknown:
+        raise ConfigError(f"{source}: {', '.join(repr(k) for k in unknown)} name no layer of the network file "
+                          f"(it has layers 00 … {len(layers) - 1:02d}; keys like 'layers/00/g_plus_uS')")
     found = 0
     for i, ls in enumerate(layers):
         kp, km = f"layers/{i:02d}/g_plus_uS", f"layers/{i:02d}/g_minus_uS"
@@ -105,12 +130,8 @@ def import_conductances(spec: NetworkSpec, measured: dict[str, np.ndarray], sour
             raise ConfigError(f"{source}: layer {i:02d} has measured conductances but the network file has no device mapping for it")
         if kp not in measured or km not in measured:
             raise ConfigError(f"{source}: layer {i:02d} needs both '{kp}' and '{km}'")
-        gp, gm = (np.asarray(measured[k], dtype=np.float32) for k in (kp, km))
-        for key, arr in ((kp, gp), (km, gm)):
-            if arr.shape != ls.weight.shape:
-                raise ConfigError(f"{source}: '{key}' has shape {arr.shape}, layer {i:02d} needs {ls.weight.shape}")
-            if not np.isfinite(arr).all() or (arr < 0).any():
-                raise ConfigError(f"{source}: '{key}' holds negative or non-finite conductances")
+        gp, gm = (_measured_array(measured[k], ls.conductance, source, i, k, ls.weight.shape, clip, tolerance, clipped)
+                  for k in (kp, km))
         c = replace(ls.conductance, g_plus_uS=gp, g_minus_uS=gm, levels=None)
         layers[i] = _with_conductance(ls, c)
         found += 1
@@ -119,20 +140,59 @@ def import_conductances(spec: NetworkSpec, measured: dict[str, np.ndarray], sour
     return spec.with_(layers=tuple(layers))
 
 
+def _measured_array(value, c: ConductanceSpec, source: str, layer: int, key: str, shape: tuple, clip: bool,
+                    tolerance: float, clipped: dict[str, int] | None) -> np.ndarray:
+    """One measured dataset as float32 µS, checked against [g_min, g_max] of the layer's mapping."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iuf":
+        raise ConfigError(f"{source}: '{key}' (layer {layer:02d}) has dtype {arr.dtype}, expected real numbers (µS)")
+    if arr.shape != shape:
+        raise ConfigError(f"{source}: '{key}' has shape {arr.shape}, layer {layer:02d} needs {shape}")
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise ConfigError(f"{source}: '{key}' (layer {layer:02d}) holds {int((~np.isfinite(arr)).sum())} non-finite conductances")
+    if clip:
+        n = int(((arr < c.g_min_uS) | (arr > c.g_max_uS)).sum())
+        if n and clipped is not None:
+            clipped[key] = n
+        return np.clip(arr, c.g_min_uS, c.g_max_uS).astype(np.float32)
+    margin = tolerance * (c.g_max_uS - c.g_min_uS)
+    lo, hi = max(0.0, c.g_min_uS - margin), c.g_max_uS + margin
+    bad = (arr < lo) | (arr > hi)
+    if bad.any():
+        dist = np.maximum(lo - arr, arr - hi)
+        worst = float(arr.flat[int(np.argmax(dist))])
+        raise ConfigError(
+            f"{source}: '{key}' (layer {layer:02d}) holds {int(bad.sum())} of {arr.size} conductances outside the device's "
+            f"[{c.g_min_uS:g}, {c.g_max_uS:g}] µS (measurement tolerance {tolerance:.0%} of the span: "
+            f"[{lo:g}, {hi:g}] µS accepted); worst {worst:g} µS. Wrong units? To accept them clipped to "
+            f"[g_min, g_max], pass --clip (clip=True)"
+        )
+    return arr.astype(np.float32)
+
+
 def read_measured(path: str | Path) -> dict[str, np.ndarray]:
-    """Measured conductances from an .npz (keys `layers/NN/g_plus_uS`) or an HDF5 file (same paths)."""
+    """Measured conductances from an .npz (keys `layers/NN/g_plus_uS`) or an HDF5 file (same paths);
+    a missing, truncated or unreadable file is one ConfigError naming it."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"measured-conductance file '{path}' does not exist")
     if path.suffix == ".npz":
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
+        try:  # numpy leaks its own file handle when the archive is damaged: open it here
+            with open(path, "rb") as fh:
+                data = np.load(fh, allow_pickle=False)
+                if not isinstance(data, np.lib.npyio.NpzFile):
+                    raise ValueError("a single .npy array, not an archive of named arrays")
+                with data:
+                    return {k: data[k] for k in data.files}
+        except Exception as e:  # a truncated or garbage archive raises BadZipFile, ValueError, OSError, EOFError, zlib.error, …
+            raise ConfigError(f"measured-conductance file '{path}' is not a readable .npz archive ({type(e).__name__}: {e})") from None
     import h5py
 
     out: dict[str, np.ndarray] = {}
     try:
         with h5py.File(path, "r") as f:
             f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if hasattr(obj, "dtype") else None)
-    except OSError as e:
-        raise ConfigError(f"measured-conductance file '{path}' is neither .npz nor readable HDF5: {e}") from None
+    except Exception as e:  # not HDF5, or damaged: h5py raises OSError, KeyError, RuntimeError, …
+        raise ConfigError(f"measured-conductance file '{path}' is neither .npz nor readable HDF5 ({type(e).__name__}: {e})") from None
     return out
