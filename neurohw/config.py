@@ -112,6 +112,11 @@ class LearnerConfig:
     T_nudge: int = _f(10, "steps of each nudged phase")
     T_eval: int = _f(0, "free-phase steps at evaluation (0 = T_free)")
     T_backprop: int = _f(0, "bptt: steps differentiated through, the last ones (0 = all T_free)")
+    relaxation: str = _f(
+        "sync",
+        "ep/cep/cvf: sync (every layer from the previous state: the papers' dynamics) | async (even layers, then odd "
+        "layers from their fresh neighbours; T_free/T_nudge/T_eval then count sweeps; same fixed point, eq. async)",
+    )
     psi_deg: float = _f(0.0, "cvf: initial angle in degrees between forward and feedback weights")
     vf_rule: str = _f("activity", "cvf: per-step update, activity (post-synaptic change × pre-synaptic activity, eq. C-VF) | vector-field ((∂F/∂θ)ᵀ Δs: the change gated by ρ'(a), eq. C-VF-vf)")
     seed: int = _f(0, "seed of the learner's own generator (sign of β for random-sign; DTP: feedback init and noise)")
@@ -124,6 +129,7 @@ class LearnerConfig:
         check_choice("learner.algorithm", self.algorithm, ("ep", "cep", "cvf", "bptt", "bp", "dtp", "drl", "ldrl"))
         check_choice("learner.estimator", self.estimator, ("one-sided", "random-sign", "symmetric"))
         check_choice("learner.vf_rule", self.vf_rule, ("activity", "vector-field"))
+        check_choice("learner.relaxation", self.relaxation, ("sync", "async"))
         check_positive("learner.beta", self.beta)
         check_positive("learner.T_free", self.T_free)
         check_positive("learner.T_nudge", self.T_nudge)
@@ -161,6 +167,11 @@ class TrainConfig:
     lr_min: float = _f(0.0, "learning rate at the end of the cosine schedule (every layer)")
     patience: int = _f(0, "stop after this many epochs without a better validation error (0 = never)")
     seed: int = _f(0, "seed of initialisation, shuffling and augmentation")
+    cuda_graphs: str = _f(
+        "auto",
+        "auto | true | false: capture the whole update of ep/cep/cvf with SGD as one CUDA graph, replayed per batch "
+        "(auto: on CUDA where possible, else eager with one warning naming why; true: an error if it cannot)",
+    )
 
     def __post_init__(self) -> None:
         check_positive("train.epochs", self.epochs)
@@ -168,6 +179,7 @@ class TrainConfig:
         check_positive("train.eval_batch_size", self.eval_batch_size)
         check_choice("train.optimizer", self.optimizer, ("sgd", "adam"))
         check_choice("train.scheduler", self.scheduler, ("none", "cosine"))
+        check_choice("train.cuda_graphs", self.cuda_graphs, ("auto", "true", "false"))
         if not self.lrs:
             raise ConfigError("train.lrs needs at least one learning rate")
         for lr in self.lrs:
@@ -261,6 +273,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     elif annotation is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # `train.cuda_graphs = true`: a TOML boolean for a choice key
+            return "true" if value else "false"
     name = getattr(annotation, "__name__", str(annotation))
     raise ConfigError(f"{key}: expected {name}, got {value!r} ({type(value).__name__})")
 
@@ -347,6 +361,7 @@ def key_usage(cfg: RunConfig) -> dict[str, tuple[bool, str]]:
         "learner.T_nudge": (ep, "the EP learners (ep, cep, cvf)"),
         "learner.T_eval": (ep or a == "bptt", "the relaxing learners (ep, cep, cvf, bptt)"),
         "learner.T_backprop": (a == "bptt", "learner.algorithm = 'bptt'"),
+        "learner.relaxation": (ep, "the EP learners (ep, cep, cvf)"),
         "learner.psi_deg": (a == "cvf", "learner.algorithm = 'cvf'"),
         "learner.vf_rule": (a == "cvf", "learner.algorithm = 'cvf'"),
         "net.nudge": (ep, "the nudged phases of the EP learners (ep, cep, cvf)"),

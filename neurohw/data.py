@@ -297,4 +297,8 @@ def augment(x: torch.Tensor, padding: int, draw: AugmentDraw) -> torch.Tensor:
 
 
 def one_hot(labels: torch.Tensor, n_classes: int, dtype: torch.dtype) -> torch.Tensor:
-    return F.one_hot(labels, n_classes).to(dtype)
+    """(B, n_classes) one-hot targets, written by a scatter: unlike F.one_hot it does not read the
+    labels' range back to the host, so a captured update can build its targets (a label outside
+    [0, n_classes) raises on the CPU and trips a device assertion on CUDA)."""
+    out = torch.zeros(labels.shape[0], n_classes, dtype=dtype, device=labels.device)
+    return out.scatter_(1, labels.view(-1, 1), 1.0)

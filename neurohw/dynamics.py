@@ -1,12 +1,16 @@
-"""Free and nudged relaxation of a layered net (docs/math.md eq. dyn).
+"""Free and nudged relaxation of a layered net (docs/math.md eq. dyn, async, chains).
 
-`relax` runs T synchronous steps s_{t+1} = ρ(∂Φ^β/∂s(x, s_t, θ)) with the closed-form drive of
-`LayeredNet.step`; the input drive D_0(x) is computed once by the caller and passed in. `step_autograd`
-is the same step written the usual research-code way (∂Φ^β/∂s by autograd of Φ, the input drive
-recomputed every step): the reference for tests and the baseline of `neurohw bench`.
+`relax` runs T steps of `LayeredNet.phase` (the one closed-form step) from a state: synchronous steps
+s_{t+1} = ρ(∂Φ^β/∂s(x, s_t, θ)) (`order="sync"`, the papers' dynamics), or asynchronous sweeps (even
+layers, then odd layers from their fresh neighbours, `order="async"`); the input drive D_0(x) is
+computed once by the caller and passed in. `step_autograd` is the same step written the usual
+research-code way (∂Φ^β/∂s by autograd of Φ, the input drive recomputed every step): the reference for
+tests and the baseline of `neurohw bench`.
 
-Non-finite states are checked once at the end of a phase (no cost in the hot loop); when one is
-found the phase is replayed step by step to name the first layer and step that went non-finite.
+Non-finite states are looked for once at the end of a phase. Eagerly (`check=True`) that is one host
+synchronisation per phase; a non-finite state then has the phase replayed step by step to name the
+first layer and step that went non-finite. In a captured update (`flags=FiniteFlags`) nothing is read
+on the host: the end of each phase sets a flag on the device, read once per N batches.
 """
 
 from __future__ import annotations
@@ -15,8 +19,10 @@ from typing import Callable
 
 import torch
 
-from neurohw.errors import DivergenceError
-from neurohw.nets.layered import LayeredNet, State
+from neurohw.errors import ConfigError, DivergenceError
+from neurohw.nets.layered import LayeredNet, Scalar, State
+
+ORDERS = ("sync", "async")
 
 
 def step_autograd(net: LayeredNet, x: torch.Tensor, state: State, y: torch.Tensor | None, beta: float) -> State:
@@ -35,32 +41,67 @@ def step_autograd(net: LayeredNet, x: torch.Tensor, state: State, y: torch.Tenso
         return [net.activation(g) for g in grads]
 
 
+class FiniteFlags:
+    """Non-finite states recorded on the device, without a host synchronisation.
+
+    `first[k]` is the 1-based number of the first batch (counted by `batch`, which the caller
+    advances) whose state at the end of phase `names[k]` was not finite; 0 while none was.
+    """
+
+    def __init__(self, names: tuple[str, ...], device: torch.device | str):
+        self.names = tuple(names)
+        self.first = torch.zeros(len(self.names), dtype=torch.int64, device=device)
+        self.batch = torch.zeros((), dtype=torch.int64, device=device)
+
+    def record(self, name: str, state: State) -> None:
+        if name not in self.names:
+            raise ValueError(f"phase '{name}' has no flag (flags: {', '.join(self.names)})")
+        k = self.names.index(name)
+        bad = ~torch.isfinite(_total(state))
+        self.first[k] = torch.where(bad & (self.first[k] == 0), self.batch + 1, self.first[k])
+
+    def reset(self) -> None:
+        self.first.zero_()
+        self.batch.zero_()
+
+    def read(self) -> dict[str, int]:
+        """{phase: first bad batch} of the flagged phases (one host synchronisation)."""
+        return {n: int(v) for n, v in zip(self.names, self.first.tolist()) if v}
+
+
 def relax(
     net: LayeredNet,
     x_drive: torch.Tensor,
     state: State,
     steps: int,
     y: torch.Tensor | None = None,
-    beta: float = 0.0,
+    beta: Scalar = 0.0,
     *,
     phase: str = "free",
     check: bool = True,
+    order: str = "sync",
+    flags: FiniteFlags | None = None,
 ) -> State:
-    """Run `steps` closed-form steps from `state` (not modified) and return the final state.
+    """Run `steps` steps (sync) or sweeps (async) from `state` (not modified); the final state.
 
-    A free phase of an all-dense net runs as two interleaved chains
-    (`LayeredNet.relax_free_checkerboard`, half the tensor operations); other phases step by step.
+    A synchronous free phase of an all-dense net runs as two interleaved chains
+    (`Phase.free_checkerboard`, half the tensor operations); other phases step by step. With `flags`
+    the end state is recorded on the device under `phase` instead of being checked on the host.
     """
-    advance = None
-    if beta == 0.0 and net.all_dense and not torch.is_grad_enabled():
-        s = net.relax_free_checkerboard(x_drive, state, steps)
+    if order not in ORDERS:
+        raise ConfigError(f"learner.relaxation = '{order}' is not valid; valid: {', '.join(ORDERS)}")
+    ph = net.phase(x_drive, y, beta)
+    advance = ph.sweep if order == "async" else ph.step
+    if order == "sync" and ph.fold and not ph.nudged:
+        s = ph.free_checkerboard(state, steps)
     else:
-        advance = net.make_stepper(x_drive, y, beta)
         s = state
         for _ in range(steps):
             s = advance(s)
-    if check and not _all_finite(s):  # the stepper for the replay is built only then
-        check_finite(s, phase, advance or net.make_stepper(x_drive, y, beta), state, steps)
+    if flags is not None:
+        flags.record(phase, s)
+    elif check and not _all_finite(s):
+        check_finite(s, phase, advance, state, steps)
     return s
 
 
@@ -84,13 +125,17 @@ def _first_bad_layer(state: State) -> int | None:
     return None
 
 
-def _all_finite(state: State) -> bool:
-    """One cheap test for the whole state: a NaN or ±Inf anywhere makes the sum of sums non-finite
-    (a false alarm needs a finite sum to overflow, i.e. states near the float range limit)."""
+def _total(state: State) -> torch.Tensor:
+    """The sum of every state's sum: a NaN or ±Inf anywhere makes it non-finite (a false alarm needs
+    a finite sum to overflow, i.e. states near the float range limit)."""
     total = state[0].sum()
     for t in state[1:]:
         total = total + t.sum()
-    return bool(torch.isfinite(total))
+    return total
+
+
+def _all_finite(state: State) -> bool:
+    return bool(torch.isfinite(_total(state)))
 
 
 def check_finite(

@@ -36,6 +36,7 @@ from neurohw.learning import Learner, build_learner, set_initial_angle, weight_a
 from neurohw.learning.cep import ContinualDecay
 from neurohw.nets.build import build_net
 from neurohw.nets.layered import LayeredNet
+from neurohw.program import CAPTURED_LEARNERS, UpdateProgram, draw_epoch
 
 CHECKPOINT_FORMAT = "neurohw-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -48,6 +49,7 @@ RESUMABLE_CHANGES = {
 # when its training loss exceeds this factor times its lowest value so far (docs/results.md §1 shows
 # healthy runs: their loss never rises above 1.5× its minimum before a collapse)
 CHANCE_MARGIN = 0.10
+FLAG_CHECK_EVERY = 100  # batches between two reads of the captured update's non-finite flags
 LOSS_RISE_FACTOR = 2.0
 
 
@@ -228,7 +230,7 @@ class Trainer:
 
     def __init__(
         self, cfg: RunConfig, out: str | Path, *, resume: bool, overwrite: bool, data_dir, splits, progress: bool, log,
-        notes: list[str] | tuple[str, ...] = (),
+        notes: list[str] | tuple[str, ...] = (), use_program: bool = False,
     ):
         self.cfg = cfg
         want = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
@@ -270,6 +272,8 @@ class Trainer:
             self.say(f"warning: {note}")
         if resume:
             self._resume()
+        self._captured = False
+        self.program = self._build_program(use_program)  # after resume: it holds the optimizer's state tensors
         if ctx.is_main:
             write_text(self.run.config, to_toml(cfg))
 
@@ -295,13 +299,93 @@ class Trainer:
         self.ctx.average_grads(self.params)
         self.optimizer.step()
 
+    def _n_batches(self) -> int:
+        batch, n_train = self.cfg.train.batch_size, len(self.train_split)
+        if n_train < batch:
+            raise ConfigError(f"train.batch_size = {batch} exceeds the {n_train} training samples")
+        return n_train // batch
+
+    def _program_refusal(self) -> str | None:
+        """Why this run has no captured update, or None."""
+        cfg = self.cfg
+        if cfg.learner.algorithm not in CAPTURED_LEARNERS:
+            return f"learner.algorithm = '{cfg.learner.algorithm}' has no captured update (only {', '.join(CAPTURED_LEARNERS)})"
+        if cfg.train.optimizer != "sgd":
+            return f"train.optimizer = '{cfg.train.optimizer}' has no captured update (sgd only)"
+        if self.ctx.world_size > 1:
+            return "a distributed run all-reduces the gradients between processes at every update, which is not captured"
+        return None
+
+    def _build_program(self, use_program: bool) -> UpdateProgram | None:
+        """The static update of this run (docs/design.md §The update on a GPU): on CUDA unless
+        train.cuda_graphs = false, or when asked (`use_program`, the CPU tests of the program)."""
+        mode, cuda = self.cfg.train.cuda_graphs, self.device.type == "cuda"
+        if mode == "true" and not cuda:
+            raise ConfigError(f"train.cuda_graphs = true needs a CUDA device (device is {self.device}); use auto or false")
+        if not (use_program or (cuda and mode != "false")):
+            return None
+        reason = self._program_refusal()
+        if reason is not None:
+            if mode == "true":
+                raise ConfigError(f"train.cuda_graphs = true: {reason}")
+            self.say(f"warning: train.cuda_graphs = auto: {reason}; the update runs eagerly")
+            return None
+        cfg = self.cfg
+        return UpdateProgram(
+            self.learner, self.net, self.optimizer, self.train_split, self.preprocess, self.info.n_classes,
+            batch=cfg.train.batch_size, n_batches=self._n_batches(),
+            padding=cfg.data.crop_padding if cfg.data.augment else None, weight_decay=cfg.train.weight_decay,
+        )
+
+    def _capture(self) -> None:
+        """Capture the program as a CUDA graph; `auto` falls back to the eager program on failure."""
+        try:
+            self.program.capture()
+        except Exception as e:  # capture refuses an op that reads back to the host, or the driver fails
+            if self.cfg.train.cuda_graphs == "true":
+                raise ConfigError(f"train.cuda_graphs = true: CUDA graph capture failed: {type(e).__name__}: {e}") from None
+            self.say(f"warning: train.cuda_graphs = auto: CUDA graph capture failed ({type(e).__name__}: {e}); "
+                     "the update runs eagerly")
+            self.program.graph = None
+
+    def _train_epoch_program(self, epoch: int) -> tuple[float, float, int]:
+        """`train_epoch` with the static update: the epoch's tables uploaded once, then one replay per
+        batch; the non-finite flags are read every FLAG_CHECK_EVERY batches (one host round trip)."""
+        cfg, prog = self.cfg, self.program
+        batch, n_batches = cfg.train.batch_size, self._n_batches()
+        padding = cfg.data.crop_padding if cfg.data.augment else None
+        tables = draw_epoch(len(self.train_split), n_batches, batch, self.shuffle_gen, self.augment_gen, padding, self.learner.sampler)
+        prog.begin_epoch(tables)
+        if self.device.type == "cuda" and cfg.train.cuda_graphs != "false" and prog.graph is None and not self._captured:
+            self._captured = True
+            self._capture()
+        snap, start = prog.snapshot(), 0
+        bar = _progress(n_batches, f"epoch {epoch + 1}/{cfg.train.epochs}", self.progress)
+        for b in range(n_batches):
+            prog()
+            if (b + 1) % FLAG_CHECK_EVERY == 0 or b + 1 == n_batches:
+                bad = prog.flags.read()
+                if bad:
+                    prog.replay_eagerly(snap, start, bad, epoch + 1)
+                snap, start = prog.snapshot(), b + 1
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        loss_sum, correct = prog.stats()
+        n_seen = n_batches * batch
+        train_loss = loss_sum / n_seen
+        if not math.isfinite(train_loss):
+            raise DivergenceError(f"epoch {epoch + 1}: the training loss is {train_loss}; lower the learning rates")
+        return train_loss, 1.0 - correct / n_seen, n_seen
+
     def train_epoch(self, epoch: int) -> tuple[float, float, int]:
         """One pass over the training split: (mean loss, error rate, samples) of the global batches."""
+        if self.program is not None:
+            return self._train_epoch_program(epoch)
         cfg, ctx, split = self.cfg, self.ctx, self.train_split
         batch, n_train = cfg.train.batch_size, len(split)
-        n_batches = n_train // batch
-        if n_batches == 0:
-            raise ConfigError(f"train.batch_size = {batch} exceeds the {n_train} training samples")
+        n_batches = self._n_batches()
         shard = ctx.shard(batch)
         perm = torch.randperm(n_train, generator=self.shuffle_gen)[: n_batches * batch].view(n_batches, batch)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -358,6 +442,12 @@ class Trainer:
             "state": {k: getattr(self.state, k) for k in STATE_KEYS},
         }
         write_with(self.run.checkpoint, lambda f: torch.save(checkpoint, f))
+
+    def update_kind(self) -> str:
+        """How each batch's update ran: "cuda graph", "program" (the static update, eager) or "eager"."""
+        if self.program is None:
+            return "eager"
+        return "cuda graph" if self.program.graph is not None else "program"
 
     def learning_warnings(self, line: dict[str, Any]) -> list[str]:
         """Warnings that the epoch of `line` shows a run that does not learn (see CHANCE_MARGIN)."""
@@ -470,6 +560,7 @@ class Trainer:
             "wall_s_this_session": wall_s,
             "wall_s_total": sum(h["wall_s"] for h in state.history),
             "device": str(self.device),
+            "update": self.update_kind(),
             "dtype": cfg.dtype,
             "world_size": self.ctx.world_size,
             "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
@@ -495,13 +586,16 @@ def train(
     progress: bool = True,
     log: Callable[[str], None] | None = print,
     notes: list[str] | tuple[str, ...] = (),
+    use_program: bool = False,
 ) -> dict[str, Any]:
     """Train `cfg` into the run directory `out`; returns the summary (also written to summary.json).
 
     `notes`: warnings about the config (card keys that the overrides made unused, from `load_config`),
-    printed once and recorded in summary.json with the learning warnings of the epochs."""
+    printed once and recorded in summary.json with the learning warnings of the epochs. `use_program`
+    runs the static update (neurohw/program.py) eagerly where it would not be captured (CPU tests)."""
     trainer = Trainer(
-        cfg, out, resume=resume, overwrite=overwrite, data_dir=data_dir, splits=splits, progress=progress, log=log, notes=notes
+        cfg, out, resume=resume, overwrite=overwrite, data_dir=data_dir, splits=splits, progress=progress, log=log,
+        notes=notes, use_program=use_program,
     )
     return trainer.fit()
 

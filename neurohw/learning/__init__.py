@@ -11,15 +11,18 @@ from neurohw.learning.ep import EP
 
 
 def _ep(cfg):
-    return EP(cfg.beta, cfg.T_free, cfg.T_nudge, cfg.estimator, seed=cfg.seed, T_eval=cfg.T_eval)
+    return EP(cfg.beta, cfg.T_free, cfg.T_nudge, cfg.estimator, seed=cfg.seed, T_eval=cfg.T_eval, relaxation=cfg.relaxation)
 
 
 def _cep(cfg):
-    return CEP(cfg.beta, cfg.T_free, cfg.T_nudge, cfg.estimator, seed=cfg.seed, T_eval=cfg.T_eval)
+    return CEP(cfg.beta, cfg.T_free, cfg.T_nudge, cfg.estimator, seed=cfg.seed, T_eval=cfg.T_eval, relaxation=cfg.relaxation)
 
 
 def _cvf(cfg):
-    return CVF(cfg.beta, cfg.T_free, cfg.T_nudge, cfg.estimator, seed=cfg.seed, T_eval=cfg.T_eval, rule=cfg.vf_rule)
+    return CVF(
+        cfg.beta, cfg.T_free, cfg.T_nudge, cfg.estimator, seed=cfg.seed, T_eval=cfg.T_eval, rule=cfg.vf_rule,
+        relaxation=cfg.relaxation,
+    )
 
 
 def _bptt(cfg):
@@ -33,7 +36,7 @@ def _bp(cfg):
 def _dtp(cfg):
     return DTP(
         cfg.beta, cfg.algorithm, fb_iters=cfg.fb_iters, fb_noise=cfg.fb_noise, fb_lrs=cfg.fb_lrs,
-        fb_momentum=cfg.fb_momentum, seed=cfg.seed,
+        fb_momentum=cfg.fb_momentum, fb_pool_indices=cfg.fb_pool_indices, seed=cfg.seed,
     )
 
 

@@ -15,9 +15,9 @@ from typing import Callable, Protocol
 
 import torch
 
-from neurohw.dynamics import relax
+from neurohw.dynamics import ORDERS, FiniteFlags, relax
 from neurohw.errors import ConfigError
-from neurohw.nets.layered import LayeredNet, State
+from neurohw.nets.layered import LayeredNet, Scalar, State
 
 Apply = Callable[[], None]
 
@@ -34,11 +34,13 @@ class Learner(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-def free_phase(net: LayeredNet, x: torch.Tensor, steps: int) -> tuple[torch.Tensor, State]:
-    """The input drive D_0(x) and the free fixed point s* after `steps` steps from s = 0."""
+def free_phase(
+    net: LayeredNet, x: torch.Tensor, steps: int, *, order: str = "sync", flags: FiniteFlags | None = None
+) -> tuple[torch.Tensor, State]:
+    """The input drive D_0(x) and the free fixed point s* after `steps` steps (or async sweeps) from s = 0."""
     net.check_batch(x)
     x_drive = net.input_drive(x)
-    return x_drive, relax(net, x_drive, net.init_state(x), steps, phase="free")
+    return x_drive, relax(net, x_drive, net.init_state(x), steps, phase="free", order=order, flags=flags)
 
 
 @torch.no_grad()
@@ -50,10 +52,12 @@ def batch_stats(net: LayeredNet, state: State, y: torch.Tensor) -> dict[str, tor
     }
 
 
-def set_grads(params: list[torch.nn.Parameter], grads: list[torch.Tensor], scale: float) -> None:
-    """p.grad = scale · g for every parameter; the fresh tensors `grads` are scaled in place and kept."""
+def set_grads(params: list[torch.nn.Parameter], grads: list[torch.Tensor], scale: Scalar) -> None:
+    """p.grad = scale · g for every parameter; the fresh tensors `grads` are scaled in place and kept
+    (a tensor `scale` stays on the device)."""
+    unit = not isinstance(scale, torch.Tensor) and scale == 1.0
     for p, g in zip(params, grads):
-        p.grad = g if scale == 1.0 else g.mul_(scale)
+        p.grad = g if unit else g.mul_(scale)
 
 
 ESTIMATORS = ("one-sided", "random-sign", "symmetric")
@@ -72,13 +76,23 @@ class BetaSampler:
         self.beta, self.estimator = float(beta), estimator
         self.generator = torch.Generator().manual_seed(int(seed))
 
-    def draw(self) -> tuple[float, float]:
+    def draw_sign(self) -> float:
+        """The sign of this batch's β: ±1 drawn from the generator for random-sign (one draw per
+        batch), else 1 (nothing drawn)."""
+        if self.estimator != "random-sign":
+            return 1.0
+        return 1.0 if float(torch.rand((), generator=self.generator)) < 0.5 else -1.0
+
+    def betas(self, sign: Scalar = 1.0) -> tuple[Scalar, Scalar]:
+        """(β₁, β₂) for a drawn `sign` (a number, or a 0-dim tensor of ±1 on the device)."""
         if self.estimator == "one-sided":
             return 0.0, self.beta
         if self.estimator == "symmetric":
             return -self.beta, self.beta
-        sign = 1.0 if float(torch.rand((), generator=self.generator)) < 0.5 else -1.0
         return 0.0, sign * self.beta
+
+    def draw(self) -> tuple[float, float]:
+        return self.betas(self.draw_sign())
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}
@@ -87,11 +101,18 @@ class BetaSampler:
         self.generator.set_state(state["generator"])
 
 
-def check_phases(beta: float, T_free: int, T_nudge: int) -> None:
+def check_phases(beta: float, T_free: int, T_nudge: int, relaxation: str = "sync") -> None:
     if not beta > 0:
         raise ConfigError(f"learner.beta must be > 0, got {beta}")
     if T_free < 1 or T_nudge < 1:
         raise ConfigError(f"learner.T_free and learner.T_nudge must be ≥ 1, got {T_free} and {T_nudge}")
+    if relaxation not in ORDERS:
+        raise ConfigError(f"learner.relaxation = '{relaxation}' is not valid; valid: {', '.join(ORDERS)}")
+
+
+def phase_name(kind: str, beta: Scalar) -> str:
+    """A phase's name in error messages: with β's value when it is known on the host."""
+    return kind if isinstance(beta, torch.Tensor) else f"{kind} (beta={beta:g})"
 
 
 class RelaxationPredictor:
@@ -99,10 +120,11 @@ class RelaxationPredictor:
 
     T_free: int
     T_eval: int = 0
+    relaxation: str = "sync"
 
     @torch.no_grad()
     def predict(self, net: LayeredNet, x: torch.Tensor) -> torch.Tensor:
-        _, s = free_phase(net, x, self.T_eval or self.T_free)
+        _, s = free_phase(net, x, self.T_eval or self.T_free, order=self.relaxation)
         return net.output(s)
 
     def state_dict(self) -> dict:

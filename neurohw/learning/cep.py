@@ -30,12 +30,12 @@ import math
 
 import torch
 
-from neurohw.dynamics import check_finite
+from neurohw.dynamics import FiniteFlags, check_finite
 from neurohw.errors import ConfigError
 from neurohw.learning.base import (
     Apply, BetaSampler, RelaxationPredictor, batch_stats, check_phases, free_phase, set_grads,
 )
-from neurohw.nets.layered import LayeredNet
+from neurohw.nets.layered import LayeredNet, Scalar
 
 
 CONTINUAL_ESTIMATORS = ("one-sided", "random-sign")
@@ -46,11 +46,13 @@ class _Continual(RelaxationPredictor, abc.ABC):
     """The continual loop shared by C-EP and C-VF: one nudged phase, an update at every step."""
 
     def __init__(
-        self, beta: float, T_free: int, T_nudge: int, estimator: str = "one-sided", *, seed: int = 0, T_eval: int = 0
+        self, beta: float, T_free: int, T_nudge: int, estimator: str = "one-sided", *, seed: int = 0, T_eval: int = 0,
+        relaxation: str = "sync",
     ):
-        check_phases(beta, T_free, T_nudge)
+        check_phases(beta, T_free, T_nudge, relaxation)
         self.beta, self.T_free, self.T_nudge, self.T_eval = float(beta), int(T_free), int(T_nudge), int(T_eval)
         self.sampler = BetaSampler(beta, estimator, seed, CONTINUAL_ESTIMATORS)
+        self.relaxation = relaxation
 
     @abc.abstractmethod
     def updates(self, net: LayeredNet, x, x_drive, y, s, s_next, beta: float, t: int) -> list[torch.Tensor]:
@@ -59,22 +61,40 @@ class _Continual(RelaxationPredictor, abc.ABC):
     def check_net(self, net: LayeredNet) -> None:
         """Refuse a net this learner cannot train (before any work is done)."""
 
-    @torch.no_grad()
+    def flag_names(self) -> tuple[str, ...]:
+        """The phases a captured update flags (see dynamics.FiniteFlags)."""
+        return ("free", "nudged")
+
     def step(self, net: LayeredNet, x: torch.Tensor, y: torch.Tensor, apply: Apply) -> dict[str, torch.Tensor]:
+        return self.update(net, x, y, self.sampler.draw_sign(), apply)
+
+    @torch.no_grad()
+    def update(
+        self, net: LayeredNet, x: torch.Tensor, y: torch.Tensor, sign: Scalar, apply: Apply,
+        flags: FiniteFlags | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """One batch with the sign of β given (a number, or a tensor on the device): `apply` is
+        called after each of the T_nudge per-step updates; returns the batch statistics at s*."""
         net.check_batch(x, y)
         self.check_net(net)
-        params, beta = net.param_list(), self.sampler.draw()[1]
-        x_drive, s = free_phase(net, x, self.T_free)
+        params, beta = net.param_list(), self.sampler.betas(sign)[1]
+        x_drive, s = free_phase(net, x, self.T_free, order=self.relaxation, flags=flags)
         stats = batch_stats(net, s, y)
         scale = -1.0 / (beta * x.shape[0])
         for t in range(self.T_nudge):
             if t > 0:
                 x_drive = net.input_drive(x)  # θ changed at the previous step
-            s_next = net.step(x_drive, s, y, beta)
+            if self.relaxation == "sync":
+                s_next = net.step(x_drive, s, y, beta)
+            else:
+                s_next = net.phase(x_drive, y, beta, fold=False).sweep(s)
             set_grads(params, self.updates(net, x, x_drive, y, s, s_next, beta, t), scale)
             apply()
             s = s_next
-        check_finite(s, f"{self.name} nudged")
+        if flags is not None:
+            flags.record("nudged", s)
+        else:
+            check_finite(s, f"{self.name} nudged")
         return stats
 
 
@@ -100,6 +120,11 @@ class CVF(_Continual):
         super().__init__(*args, **kwargs)
         if rule not in VF_RULES:
             raise ConfigError(f"learner.vf_rule must be one of {', '.join(VF_RULES)}, got {rule!r}")
+        if rule == "vector-field" and self.relaxation != "sync":
+            raise ConfigError(
+                "learner.vf_rule = 'vector-field' is the VJP of a synchronous step (eq. C-VF-vf); "
+                "with learner.relaxation = 'async' use vf_rule = 'activity'"
+            )
         self.rule = rule
 
     def updates(self, net, x, x_drive, y, s, s_next, beta, t):

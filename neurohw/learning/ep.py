@@ -5,7 +5,8 @@ After the free phase to s*, nudged phases at β₁ and β₂ (each T_nudge steps
     Δθ = (1/(β₂ − β₁)) · (∂Φ^{β₂}/∂θ(s^{β₂}) − ∂Φ^{β₁}/∂θ(s^{β₁}))          (eq. EP)
 
 with (β₁, β₂) from the estimator (`BetaSampler`). The gradient written into `.grad` is
-−Δθ / batch_size. `engine="autograd"` computes the same estimate with ∂Φ/∂s and ∂Φ/∂θ by autograd
+−Δθ / batch_size. `step` draws the sign of β on the host and runs `update`; a captured update
+(neurohw/program.py) runs the same `update` with the drawn sign a tensor on the device. `engine="autograd"` computes the same estimate with ∂Φ/∂s and ∂Φ/∂θ by autograd
 of Φ (the research-code baseline of `neurohw bench`; tests check that both engines agree).
 """
 
@@ -13,12 +14,12 @@ from __future__ import annotations
 
 import torch
 
-from neurohw.dynamics import relax, relax_autograd
+from neurohw.dynamics import FiniteFlags, relax, relax_autograd
 from neurohw.errors import ConfigError
 from neurohw.learning.base import (
-    Apply, BetaSampler, RelaxationPredictor, batch_stats, check_phases, free_phase, set_grads,
+    Apply, BetaSampler, RelaxationPredictor, batch_stats, check_phases, free_phase, phase_name, set_grads,
 )
-from neurohw.nets.layered import LayeredNet, State
+from neurohw.nets.layered import LayeredNet, Scalar, State, _is_zero
 
 ENGINES = ("closed_form", "autograd")
 
@@ -36,19 +37,25 @@ class EP(RelaxationPredictor):
         seed: int = 0,
         T_eval: int = 0,
         engine: str = "closed_form",
+        relaxation: str = "sync",
     ):
-        check_phases(beta, T_free, T_nudge)
+        check_phases(beta, T_free, T_nudge, relaxation)
         if engine not in ENGINES:
             raise ConfigError(f"unknown EP engine '{engine}'; valid: {', '.join(ENGINES)}")
+        if engine == "autograd" and relaxation != "sync":
+            raise ConfigError("the autograd EP engine (the research-code baseline) relaxes synchronously only")
         self.beta, self.T_free, self.T_nudge, self.T_eval = float(beta), int(T_free), int(T_nudge), int(T_eval)
         self.sampler = BetaSampler(beta, estimator, seed)
-        self.engine = engine
+        self.engine, self.relaxation = engine, relaxation
 
     @torch.no_grad()
     def estimate(
-        self, net: LayeredNet, x: torch.Tensor, y: torch.Tensor, betas: tuple[float, float], scale: float = 1.0
+        self, net: LayeredNet, x: torch.Tensor, y: torch.Tensor, betas: tuple[Scalar, Scalar], scale: Scalar = 1.0,
+        *, flags: FiniteFlags | None = None,
     ) -> tuple[list[torch.Tensor], State]:
-        """scale · Δθ of eq. EP (Δθ summed over the batch), and the free fixed point s*."""
+        """scale · Δθ of eq. EP (Δθ summed over the batch), and the free fixed point s*. A tensor β₂
+        (a sign drawn on the device) keeps the whole estimate on the device; with `flags` the phases'
+        end states are flagged on the device instead of checked on the host."""
         b1, b2 = betas
         inv = scale / (b2 - b1)
         if self.engine == "autograd":
@@ -57,18 +64,36 @@ class EP(RelaxationPredictor):
             g1 = _phi_param_grads_autograd(net, x, s_free if b1 == 0.0 else nudge(b1), y, b1)
             g2 = _phi_param_grads_autograd(net, x, nudge(b2), y, b2)
             return self._scaled([a.sub_(b) for a, b in zip(g2, g1)], inv), s_free
-        x_drive, s_free = free_phase(net, x, self.T_free)
-        nudge = lambda b: relax(net, x_drive, s_free, self.T_nudge, y, b, phase=f"nudged (beta={b:g})")
-        s1 = s_free if b1 == 0.0 else nudge(b1)
-        return self._scaled(net.phi_param_grads_diff(x, nudge(b2), s1, y, b2, b1), inv), s_free
+        order = self.relaxation
+        x_drive, s_free = free_phase(net, x, self.T_free, order=order, flags=flags)
+
+        def nudge(b: Scalar, kind: str) -> State:
+            name = kind if flags is not None else phase_name(kind, b)
+            return relax(net, x_drive, s_free, self.T_nudge, y, b, phase=name, order=order, flags=flags)
+
+        s1 = s_free if _is_zero(b1) else nudge(b1, "nudged (-beta)")
+        return self._scaled(net.phi_param_grads_diff(x, nudge(b2, "nudged"), s1, y, b2, b1), inv), s_free
 
     @staticmethod
-    def _scaled(tensors: list[torch.Tensor], factor: float) -> list[torch.Tensor]:
+    def _scaled(tensors: list[torch.Tensor], factor: Scalar) -> list[torch.Tensor]:
         return [t.mul_(factor) for t in tensors]
 
+    def flag_names(self) -> tuple[str, ...]:
+        """The phases a captured update flags (see dynamics.FiniteFlags)."""
+        two = self.sampler.estimator == "symmetric"
+        return ("free", "nudged (-beta)", "nudged") if two else ("free", "nudged")
+
     def step(self, net: LayeredNet, x: torch.Tensor, y: torch.Tensor, apply: Apply) -> dict[str, torch.Tensor]:
+        return self.update(net, x, y, self.sampler.draw_sign(), apply)
+
+    def update(
+        self, net: LayeredNet, x: torch.Tensor, y: torch.Tensor, sign: Scalar, apply: Apply,
+        flags: FiniteFlags | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """One batch with the sign of β given (a number, or a tensor on the device): writes −Δθ/B into
+        `.grad`, calls `apply` once, returns the batch statistics at s*."""
         net.check_batch(x, y)
-        delta, s_free = self.estimate(net, x, y, self.sampler.draw(), scale=-1.0 / x.shape[0])
+        delta, s_free = self.estimate(net, x, y, self.sampler.betas(sign), scale=-1.0 / x.shape[0], flags=flags)
         set_grads(net.param_list(), delta, 1.0)
         apply()
         return batch_stats(net, s_free, y)

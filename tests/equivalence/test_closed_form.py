@@ -50,7 +50,7 @@ def test_step_equals_autograd(arch, activation, beta, nudge):
     with torch.no_grad():
         x_drive = net.input_drive(x)
         closed = net.step(x_drive, state, y, beta)
-        fast = net.make_stepper(x_drive, y, beta)(state)
+        fast = net.phase(x_drive, y, beta).step(state)  # folded for dense nets
     assert max_abs_diff(closed, reference) < TOL
     assert max_abs_diff(fast, reference) < TOL
     with torch.enable_grad():  # the differentiable path (BPTT) computes the same step
@@ -114,7 +114,7 @@ def test_untied_fast_path_equals_step(nudge):
     y = torch.eye(5, dtype=torch.float64)[:3]
     with torch.no_grad():
         xd = net.input_drive(x)
-        assert max_abs_diff(net.make_stepper(xd, y, 0.5)(state), net.step(xd, state, y, 0.5)) < TOL
+        assert max_abs_diff(net.phase(xd, y, 0.5, fold=True).step(state), net.step(xd, state, y, 0.5)) < TOL
         # and the feedback really uses weight_backward: s_1 sees W^b_1, not W_1
         a = net.layers[1].weight_backward.T @ state[1][0] + xd[0]
         assert torch.allclose(net.step(xd, state)[0][0], net.activation(a), atol=TOL)
@@ -138,5 +138,5 @@ def test_free_phase_as_two_chains_equals_step_by_step(hidden, untied):
             s = start
             for _ in range(steps):
                 s = net.step(xd, s)
-            assert max_abs_diff(net.relax_free_checkerboard(xd, start, steps), s) < TOL
+            assert max_abs_diff(net.phase(xd, fold=True).free_checkerboard(start, steps), s) < TOL
             assert max_abs_diff(relax(net, xd, start, steps), s) < TOL

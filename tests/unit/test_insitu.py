@@ -41,7 +41,7 @@ def _pulsed_vs_software(write: str, mnist_small, tmp_path, reps: int, extra=(), 
     before = [l.weight.detach().clone() for l in net.layers]
     opt = torch.optim.SGD(net.parameters(), lr=0.005)
     cep = CEP(0.2, 200, 4, "random-sign")
-    cep.sampler.draw = lambda: (0.0, 0.2 if beta is None else beta)
+    cep.sampler.draw_sign = lambda: 1.0 if beta is None else beta / 0.2  # the drawn sign of β
     cep.step(net, torch.from_numpy(x), torch.from_numpy(y), opt.step)
     soft = [(l.weight.detach() - b).numpy() for l, b in zip(net.layers, before)]
     return [m / reps for m in mean], soft, pulses / reps
