@@ -21,8 +21,9 @@ import torch
 
 from neurohw.errors import ConfigError, DivergenceError
 from neurohw.nets.layered import LayeredNet, Scalar, State
+from neurohw.spec import RELAXATIONS
 
-ORDERS = ("sync", "async")
+ORDERS = RELAXATIONS
 
 
 def step_autograd(net: LayeredNet, x: torch.Tensor, state: State, y: torch.Tensor | None, beta: float) -> State:

@@ -47,6 +47,7 @@ def spec_from_run(run_dir: str | Path) -> NetworkSpec:
         net,
         T_free=cfg.learner.T_eval or cfg.learner.T_free,
         T_nudge=cfg.learner.T_nudge,
+        relaxation=cfg.learner.relaxation,
         beta=cfg.learner.beta,
         image_shape=tuple(info.input_shape),
         input_mean=tuple(float(m) for m in mean),

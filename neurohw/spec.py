@@ -22,6 +22,7 @@ from neurohw.nets.layered import LayeredNet
 from neurohw.nets.layers import Conv2d, Dense
 
 ARCHITECTURES = ("fc", "conv")
+RELAXATIONS = ("sync", "async")  # the update order of the dynamics (docs/math.md eq. dyn, async)
 LAYER_TYPES = ("dense", "conv2d")
 
 
@@ -76,6 +77,7 @@ class NetworkSpec:
     input_std: tuple[float, ...]
     layers: tuple[LayerSpec, ...]
     nudge: str = "inside"
+    relaxation: str = "sync"  # T_free counts synchronous steps, or async sweeps (docs/math.md eq. async)
     config_toml: str = ""
     algorithm: str = ""
     test_error: float = math.nan

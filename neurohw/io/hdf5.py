@@ -25,7 +25,7 @@ import numpy as np
 from neurohw.core.activations import ACTIVATIONS
 from neurohw.errors import SpecError
 from neurohw.io.atomic import atomic_path
-from neurohw.spec import ARCHITECTURES, ConductanceSpec, DeviceSpec, LayerSpec, NetworkSpec
+from neurohw.spec import ARCHITECTURES, RELAXATIONS, ConductanceSpec, DeviceSpec, LayerSpec, NetworkSpec
 
 FORMAT = "neurohw"
 FORMAT_VERSION = 1
@@ -127,6 +127,7 @@ def save_spec(spec: NetworkSpec, path: str | Path, *, neurohw_version: str | Non
                     "nudge": spec.nudge,
                     "T_free": int(spec.T_free),
                     "T_nudge": int(spec.T_nudge),
+                    "relaxation": spec.relaxation,
                     "beta": float(spec.beta),
                     "input_shape": np.asarray(spec.input_shape, dtype=np.int64),
                     "image_shape": np.asarray(spec.image_shape, dtype=np.int64),
@@ -357,6 +358,7 @@ def _read(r: _Reader) -> NetworkSpec:
         nudge=r.attr(net, "nudge", str, NUDGES),
         T_free=r.attr(net, "T_free", int),
         T_nudge=r.attr(net, "T_nudge", int),
+        relaxation=r.attr(net, "relaxation", str, RELAXATIONS) if "relaxation" in net.attrs else "sync",  # files before it: sync
         beta=r.attr(net, "beta", float),
         input_shape=tuple(input_shape),
         image_shape=tuple(r.attr(net, "image_shape", tuple)),

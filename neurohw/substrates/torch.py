@@ -18,11 +18,12 @@ class TorchSubstrate:
 
     @torch.no_grad()
     def run(self, spec: NetworkSpec, x: np.ndarray, cfg=None, rng: np.random.Generator | None = None) -> Trace:
-        """Free phase of T_free steps on the network input `x` (B, *input_shape); deterministic."""
+        """Free phase of T_free steps (or async sweeps: `spec.relaxation`) on the network input `x`
+        (B, *input_shape); deterministic."""
         net = from_spec(spec, self.dtype, self.device)
         outs = []
         for i in range(0, x.shape[0], self.batch_size):
             xb = torch.as_tensor(np.ascontiguousarray(x[i : i + self.batch_size]), dtype=self.dtype, device=self.device)
-            _, s = free_phase(net, xb, spec.T_free)
+            _, s = free_phase(net, xb, spec.T_free, order=spec.relaxation)
             outs.append(net.output(s).cpu().numpy())
         return Trace(np.concatenate(outs) if outs else np.zeros((0, spec.layers[-1].out_shape[0]), np.float32))

@@ -93,6 +93,36 @@ def test_export_then_torch_substrate_gives_identical_predictions(trained_run, mn
     assert spec.algorithm == "ep" and spec.config_toml == (trained_run / "config.toml").read_text()
 
 
+def test_an_async_run_exports_its_relaxation_and_the_torch_substrate_follows_it(mnist_small, tmp_path):
+    """learner.relaxation = async: T_free counts sweeps; the file says so and the torch substrate runs
+    sweeps (bit for bit the learner's predictions; a sync reading of the same file predicts otherwise
+    on some images). A file written before the attribute existed reads as sync."""
+    run = tmp_path / "run"
+    cfg = load_config(ROOT / "models" / "mnist_ep_fc1.toml",
+                      ["net.hidden=[40]", "train.epochs=1", "data.limit_train=400", "data.limit_eval=100", "device=cpu",
+                       "learner.relaxation=async", "learner.T_free=6", "learner.T_nudge=4"])
+    train(cfg, run, splits=mnist_small, progress=False, log=None)
+    assert main(["export", str(run), "--out", str(tmp_path / "net.h5")]) == 0
+    spec = load_spec(tmp_path / "net.h5")
+    assert spec.relaxation == "async" and spec.T_free == 6
+    net = build_model(cfg, (1, 28, 28), 10)
+    net.load_state_dict(torch.load(run / "best.pt", weights_only=True)["net"])
+    from neurohw.data import DATASETS, Preprocess
+    from neurohw.learning import build_learner
+
+    images = mnist_small.test.images[:300]
+    pre = Preprocess(DATASETS["mnist"], net.input_shape, torch.device("cpu"), torch.float32)
+    reference = build_learner(cfg.learner).predict(net, pre(images)).numpy()
+    x = spec.preprocess(images.numpy())
+    assert np.array_equal(TorchSubstrate().run(spec, x).outputs, reference)
+    as_sync = TorchSubstrate().run(spec.with_(relaxation="sync"), x).outputs
+    assert not np.array_equal(as_sync, reference)  # 6 sweeps ≠ 6 sync steps: the attribute matters
+    with h5py.File(tmp_path / "net.h5", "r+") as f:
+        del f["network"].attrs["relaxation"]
+    stamp_file(tmp_path / "net.h5")
+    assert load_spec(tmp_path / "net.h5").relaxation == "sync"
+
+
 def _independent_free_phase(path: Path, images: np.ndarray) -> np.ndarray:
     """A reader that knows only h5py, numpy and docs/hdf5.md (no neurohw)."""
     rho = {
