@@ -167,6 +167,12 @@ class TrainConfig:
     lr_min: float = _f(0.0, "learning rate at the end of the cosine schedule (every layer)")
     patience: int = _f(0, "stop after this many epochs without a better validation error (0 = never)")
     seed: int = _f(0, "seed of initialisation, shuffling and augmentation")
+    precision: str = _f(
+        "fp32",
+        "ep/cep/cvf: operands of the dynamics' matrix products and convolutions: fp32 | tf32 (CUDA tensor cores) | bf16 "
+        "(rounded operands, fp32 sums); states, state differences, parameters, optimizer and the ∂Φ/∂θ contrast stay "
+        "fp32 (eq. precision)",
+    )
     cuda_graphs: str = _f(
         "auto",
         "auto | true | false: capture the whole update of ep/cep/cvf with SGD as one CUDA graph, replayed per batch "
@@ -180,6 +186,7 @@ class TrainConfig:
         check_choice("train.optimizer", self.optimizer, ("sgd", "adam"))
         check_choice("train.scheduler", self.scheduler, ("none", "cosine"))
         check_choice("train.cuda_graphs", self.cuda_graphs, ("auto", "true", "false"))
+        check_choice("train.precision", self.precision, ("fp32", "tf32", "bf16"))
         if not self.lrs:
             raise ConfigError("train.lrs needs at least one learning rate")
         for lr in self.lrs:
@@ -362,6 +369,7 @@ def key_usage(cfg: RunConfig) -> dict[str, tuple[bool, str]]:
         "learner.T_eval": (ep or a == "bptt", "the relaxing learners (ep, cep, cvf, bptt)"),
         "learner.T_backprop": (a == "bptt", "learner.algorithm = 'bptt'"),
         "learner.relaxation": (ep, "the EP learners (ep, cep, cvf)"),
+        "train.precision": (ep, "the EP learners (ep, cep, cvf)"),
         "learner.psi_deg": (a == "cvf", "learner.algorithm = 'cvf'"),
         "learner.vf_rule": (a == "cvf", "learner.algorithm = 'cvf'"),
         "net.nudge": (ep, "the nudged phases of the EP learners (ep, cep, cvf)"),

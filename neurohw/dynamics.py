@@ -82,6 +82,7 @@ def relax(
     check: bool = True,
     order: str = "sync",
     flags: FiniteFlags | None = None,
+    operands: torch.dtype | None = None,
 ) -> State:
     """Run `steps` steps (sync) or sweeps (async) from `state` (not modified); the final state.
 
@@ -91,7 +92,7 @@ def relax(
     """
     if order not in ORDERS:
         raise ConfigError(f"learner.relaxation = '{order}' is not valid; valid: {', '.join(ORDERS)}")
-    ph = net.phase(x_drive, y, beta)
+    ph = net.phase(x_drive, y, beta, operands=operands)
     advance = ph.sweep if order == "async" else ph.step
     if order == "sync" and ph.fold and not ph.nudged:
         s = ph.free_checkerboard(state, steps)

@@ -152,6 +152,7 @@ class UpdateProgram:
         n_batches: int,
         padding: int | None,
         weight_decay: float = 0.0,
+        memory_format: torch.memory_format | None = None,
     ):
         if getattr(learner, "name", None) not in CAPTURED_LEARNERS:
             raise ConfigError(f"learner '{getattr(learner, 'name', learner)}' has no captured update (only {', '.join(CAPTURED_LEARNERS)})")
@@ -159,6 +160,7 @@ class UpdateProgram:
         self.device, self.dtype = p0.device, p0.dtype
         self.learner, self.net, self.train, self.preprocess = learner, net, train, preprocess
         self.n_classes, self.batch, self.n_batches, self.padding = n_classes, batch, n_batches, padding
+        self.memory_format = memory_format
         continual = learner.name in ("cep", "cvf")
         self.opt = TensorSGD(optimizer, continual_T=learner.T_nudge if continual else 0, weight_decay=weight_decay if continual else 0.0)
         dev = self.device
@@ -205,6 +207,8 @@ class UpdateProgram:
             draw = AugmentDraw(*(getattr(self.draws, f).index_select(0, b).view(-1) for f in ("flip", "top", "left")))
             x4 = augment(x4, self.padding, draw)
         x = x4.reshape(x4.shape[0], *self.net.input_shape)
+        if self.memory_format is not None:
+            x = x.contiguous(memory_format=self.memory_format)
         y = one_hot(self.train.labels.index_select(0, idx), self.n_classes, self.dtype)
         sign = self.signs.index_select(0, b).view(()) if self.signs is not None else 1.0
         return x, y, sign

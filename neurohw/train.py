@@ -15,6 +15,7 @@ so a run is reproducible and `--resume` continues bit-for-bit as if never interr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
@@ -170,6 +171,24 @@ def check_extension(old: dict[str, Any], cfg: RunConfig) -> None:
         )
 
 
+@contextlib.contextmanager
+def device_settings(device: torch.device, precision: str, *, conv: bool):
+    """The CUDA math settings of a run, restored afterwards: TF32 tensor-core products for
+    train.precision = 'tf32' (fp32 otherwise: TF32 is off so that fp32 means fp32), and cuDNN's
+    autotuning of the convolution algorithms for conv nets (their shapes are static)."""
+    if device.type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    tf32 = precision == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = conv or saved[2]
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
+
+
 def majority_error(labels: torch.Tensor, n_classes: int) -> float:
     """The error of always predicting the most frequent class of `labels` (1 − 1/K when balanced)."""
     if len(labels) == 0:
@@ -253,7 +272,15 @@ class Trainer:
         self.info = splits.info
         self.train_split, self.val_split, self.test_split = (s.to(self.device) for s in (splits.train, splits.val, splits.test))
         self.net = build_model(cfg, self.info.input_shape, self.info.n_classes).to(device=self.device, dtype=self.dtype)
-        self.learner = build_learner(cfg.learner)
+        # conv nets on CUDA: channels-last tensors (cuDNN's fastest layout); parameters converted once, inputs per batch
+        self.memory_format = torch.channels_last if (self.device.type == "cuda" and not self.net.all_dense) else None
+        if self.memory_format is not None:
+            self.net = self.net.to(memory_format=self.memory_format)
+        if cfg.train.precision == "tf32" and self.device.type != "cuda":
+            raise ConfigError(f"train.precision = 'tf32' is a CUDA tensor-core mode (device is {self.device}); use fp32 or bf16")
+        if cfg.train.precision != "fp32" and cfg.dtype != "float32":
+            raise ConfigError(f"train.precision = '{cfg.train.precision}' lowers float32 operands; with dtype = '{cfg.dtype}' use fp32")
+        self.learner = build_learner(cfg.learner, cfg.train.precision)
         self.optimizer = build_optimizer(self.net, cfg.train)
         self.scheduler = build_scheduler(self.optimizer, cfg.train)
         self.params = self.net.param_list()
@@ -335,6 +362,7 @@ class Trainer:
             self.learner, self.net, self.optimizer, self.train_split, self.preprocess, self.info.n_classes,
             batch=cfg.train.batch_size, n_batches=self._n_batches(),
             padding=cfg.data.crop_padding if cfg.data.augment else None, weight_decay=cfg.train.weight_decay,
+            memory_format=self.memory_format,
         )
 
     def _capture(self) -> None:
@@ -398,6 +426,8 @@ class Trainer:
                 draw = draw_augment(batch, cfg.data.crop_padding, self.augment_gen)[shard]
                 x4 = augment(x4, cfg.data.crop_padding, draw)
             x = x4.reshape(x4.shape[0], *self.net.input_shape)
+            if self.memory_format is not None:
+                x = x.contiguous(memory_format=self.memory_format)
             y = one_hot(split.labels[idx], self.info.n_classes, self.dtype)
             stats = self.learner.step(self.net, x, y, self.apply)
             loss_sum += stats["loss"] * x.shape[0]
@@ -492,6 +522,10 @@ class Trainer:
         return None
 
     def fit(self) -> dict[str, Any]:
+        with device_settings(self.device, self.cfg.train.precision, conv=self.memory_format is not None):
+            return self._fit()
+
+    def _fit(self) -> dict[str, Any]:
         cfg, state = self.cfg, self.state
         wall_start = time.perf_counter()
         done = self.finished()

@@ -10,30 +10,32 @@ from neurohw.learning.dtp import DTP
 from neurohw.learning.ep import EP
 
 
-def _ep(cfg):
-    return EP(cfg.beta, cfg.T_free, cfg.T_nudge, cfg.estimator, seed=cfg.seed, T_eval=cfg.T_eval, relaxation=cfg.relaxation)
+def _ep(cfg, precision):
+    return EP(cfg.beta, cfg.T_free, cfg.T_nudge, cfg.estimator, seed=cfg.seed, T_eval=cfg.T_eval, relaxation=cfg.relaxation,
+              precision=precision)
 
 
-def _cep(cfg):
-    return CEP(cfg.beta, cfg.T_free, cfg.T_nudge, cfg.estimator, seed=cfg.seed, T_eval=cfg.T_eval, relaxation=cfg.relaxation)
+def _cep(cfg, precision):
+    return CEP(cfg.beta, cfg.T_free, cfg.T_nudge, cfg.estimator, seed=cfg.seed, T_eval=cfg.T_eval, relaxation=cfg.relaxation,
+               precision=precision)
 
 
-def _cvf(cfg):
+def _cvf(cfg, precision):
     return CVF(
         cfg.beta, cfg.T_free, cfg.T_nudge, cfg.estimator, seed=cfg.seed, T_eval=cfg.T_eval, rule=cfg.vf_rule,
-        relaxation=cfg.relaxation,
+        relaxation=cfg.relaxation, precision=precision,
     )
 
 
-def _bptt(cfg):
+def _bptt(cfg, precision):
     return BPTT(cfg.T_free, T_backprop=cfg.T_backprop, T_eval=cfg.T_eval)
 
 
-def _bp(cfg):
+def _bp(cfg, precision):
     return BP()
 
 
-def _dtp(cfg):
+def _dtp(cfg, precision):
     return DTP(
         cfg.beta, cfg.algorithm, fb_iters=cfg.fb_iters, fb_noise=cfg.fb_noise, fb_lrs=cfg.fb_lrs,
         fb_momentum=cfg.fb_momentum, fb_pool_indices=cfg.fb_pool_indices, seed=cfg.seed,
@@ -47,9 +49,9 @@ for _name, _factory in (
     LEARNERS.register(_name, _factory)
 
 
-def build_learner(cfg) -> Learner:
-    """The learner of a LearnerConfig."""
-    return LEARNERS.get(cfg.algorithm, "learner.algorithm")(cfg)
+def build_learner(cfg, precision: str = "fp32") -> Learner:
+    """The learner of a LearnerConfig (`precision`: train.precision, used by ep, cep and cvf)."""
+    return LEARNERS.get(cfg.algorithm, "learner.algorithm")(cfg, precision)
 
 
 __all__ = [

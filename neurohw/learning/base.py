@@ -35,12 +35,24 @@ class Learner(Protocol):
 
 
 def free_phase(
-    net: LayeredNet, x: torch.Tensor, steps: int, *, order: str = "sync", flags: FiniteFlags | None = None
+    net: LayeredNet, x: torch.Tensor, steps: int, *, order: str = "sync", flags: FiniteFlags | None = None,
+    operands: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, State]:
     """The input drive D_0(x) and the free fixed point s* after `steps` steps (or async sweeps) from s = 0."""
     net.check_batch(x)
-    x_drive = net.input_drive(x)
-    return x_drive, relax(net, x_drive, net.init_state(x), steps, phase="free", order=order, flags=flags)
+    x_drive = net.input_drive(x, operands)
+    return x_drive, relax(net, x_drive, net.init_state(x), steps, phase="free", order=order, flags=flags, operands=operands)
+
+
+PRECISIONS = {"fp32": None, "tf32": None, "bf16": torch.bfloat16}  # train.precision → the products' operand dtype
+
+
+def operand_dtype(precision: str) -> torch.dtype | None:
+    """The operand dtype of the dynamics' products for `train.precision` (tf32 is a CUDA matmul mode
+    set by the trainer, not an operand dtype)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"train.precision = '{precision}' is not valid; valid: {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
 
 
 @torch.no_grad()
@@ -121,10 +133,11 @@ class RelaxationPredictor:
     T_free: int
     T_eval: int = 0
     relaxation: str = "sync"
+    operands: torch.dtype | None = None
 
     @torch.no_grad()
     def predict(self, net: LayeredNet, x: torch.Tensor) -> torch.Tensor:
-        _, s = free_phase(net, x, self.T_eval or self.T_free, order=self.relaxation)
+        _, s = free_phase(net, x, self.T_eval or self.T_free, order=self.relaxation, operands=self.operands)
         return net.output(s)
 
     def state_dict(self) -> dict:

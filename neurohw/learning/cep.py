@@ -33,7 +33,7 @@ import torch
 from neurohw.dynamics import FiniteFlags, check_finite
 from neurohw.errors import ConfigError
 from neurohw.learning.base import (
-    Apply, BetaSampler, RelaxationPredictor, batch_stats, check_phases, free_phase, set_grads,
+    Apply, BetaSampler, RelaxationPredictor, batch_stats, check_phases, free_phase, operand_dtype, set_grads,
 )
 from neurohw.nets.layered import LayeredNet, Scalar
 
@@ -47,12 +47,12 @@ class _Continual(RelaxationPredictor, abc.ABC):
 
     def __init__(
         self, beta: float, T_free: int, T_nudge: int, estimator: str = "one-sided", *, seed: int = 0, T_eval: int = 0,
-        relaxation: str = "sync",
+        relaxation: str = "sync", precision: str = "fp32",
     ):
         check_phases(beta, T_free, T_nudge, relaxation)
         self.beta, self.T_free, self.T_nudge, self.T_eval = float(beta), int(T_free), int(T_nudge), int(T_eval)
         self.sampler = BetaSampler(beta, estimator, seed, CONTINUAL_ESTIMATORS)
-        self.relaxation = relaxation
+        self.relaxation, self.operands = relaxation, operand_dtype(precision)
 
     @abc.abstractmethod
     def updates(self, net: LayeredNet, x, x_drive, y, s, s_next, beta: float, t: int) -> list[torch.Tensor]:
@@ -78,16 +78,17 @@ class _Continual(RelaxationPredictor, abc.ABC):
         net.check_batch(x, y)
         self.check_net(net)
         params, beta = net.param_list(), self.sampler.betas(sign)[1]
-        x_drive, s = free_phase(net, x, self.T_free, order=self.relaxation, flags=flags)
+        ops = self.operands
+        x_drive, s = free_phase(net, x, self.T_free, order=self.relaxation, flags=flags, operands=ops)
         stats = batch_stats(net, s, y)
         scale = -1.0 / (beta * x.shape[0])
         for t in range(self.T_nudge):
             if t > 0:
-                x_drive = net.input_drive(x)  # θ changed at the previous step
+                x_drive = net.input_drive(x, ops)  # θ changed at the previous step
             if self.relaxation == "sync":
-                s_next = net.step(x_drive, s, y, beta)
+                s_next = net.step(x_drive, s, y, beta, ops)
             else:
-                s_next = net.phase(x_drive, y, beta, fold=False).sweep(s)
+                s_next = net.phase(x_drive, y, beta, fold=False, operands=ops).sweep(s)
             set_grads(params, self.updates(net, x, x_drive, y, s, s_next, beta, t), scale)
             apply()
             s = s_next

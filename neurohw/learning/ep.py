@@ -17,7 +17,7 @@ import torch
 from neurohw.dynamics import FiniteFlags, relax, relax_autograd
 from neurohw.errors import ConfigError
 from neurohw.learning.base import (
-    Apply, BetaSampler, RelaxationPredictor, batch_stats, check_phases, free_phase, phase_name, set_grads,
+    Apply, BetaSampler, RelaxationPredictor, batch_stats, check_phases, free_phase, operand_dtype, phase_name, set_grads,
 )
 from neurohw.nets.layered import LayeredNet, Scalar, State, _is_zero
 
@@ -38,6 +38,7 @@ class EP(RelaxationPredictor):
         T_eval: int = 0,
         engine: str = "closed_form",
         relaxation: str = "sync",
+        precision: str = "fp32",
     ):
         check_phases(beta, T_free, T_nudge, relaxation)
         if engine not in ENGINES:
@@ -47,6 +48,9 @@ class EP(RelaxationPredictor):
         self.beta, self.T_free, self.T_nudge, self.T_eval = float(beta), int(T_free), int(T_nudge), int(T_eval)
         self.sampler = BetaSampler(beta, estimator, seed)
         self.engine, self.relaxation = engine, relaxation
+        self.operands = operand_dtype(precision)
+        if engine == "autograd" and self.operands is not None:
+            raise ConfigError("the autograd EP engine (the research-code baseline) runs in full precision only")
 
     @torch.no_grad()
     def estimate(
@@ -64,12 +68,12 @@ class EP(RelaxationPredictor):
             g1 = _phi_param_grads_autograd(net, x, s_free if b1 == 0.0 else nudge(b1), y, b1)
             g2 = _phi_param_grads_autograd(net, x, nudge(b2), y, b2)
             return self._scaled([a.sub_(b) for a, b in zip(g2, g1)], inv), s_free
-        order = self.relaxation
-        x_drive, s_free = free_phase(net, x, self.T_free, order=order, flags=flags)
+        order, ops = self.relaxation, self.operands
+        x_drive, s_free = free_phase(net, x, self.T_free, order=order, flags=flags, operands=ops)
 
         def nudge(b: Scalar, kind: str) -> State:
             name = kind if flags is not None else phase_name(kind, b)
-            return relax(net, x_drive, s_free, self.T_nudge, y, b, phase=name, order=order, flags=flags)
+            return relax(net, x_drive, s_free, self.T_nudge, y, b, phase=name, order=order, flags=flags, operands=ops)
 
         s1 = s_free if _is_zero(b1) else nudge(b1, "nudged (-beta)")
         return self._scaled(net.phi_param_grads_diff(x, nudge(b2, "nudged"), s1, y, b2, b1), inv), s_free

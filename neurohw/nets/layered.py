@@ -24,7 +24,7 @@ from torch import nn
 
 from neurohw.core.activations import get_activation
 from neurohw.errors import ConfigError
-from neurohw.nets.layers import Conv2d, Dense
+from neurohw.nets.layers import Conv2d, Dense, LowPrecision
 
 COSTS = ("mse", "ce_readout")
 NUDGES = ("inside", "outside")
@@ -136,25 +136,32 @@ class LayeredNet(nn.Module):
         return readout.feedback(p - y, None)
 
     # --------------------------------------------------------------------------------- dynamics
-    def input_drive(self, x: torch.Tensor) -> torch.Tensor:
-        """D_0(x), the drive of the clamped input on s_1, computed once per batch."""
-        return self._layers[0].drive(x)[0]
+    def input_drive(self, x: torch.Tensor, operands: torch.dtype | None = None) -> torch.Tensor:
+        """D_0(x), the drive of the clamped input on s_1, computed once per batch (its operands in
+        `operands` precision when given, eq. precision)."""
+        return self._layers[0].drive(x, None if operands is None else LowPrecision(operands))[0]
 
-    def phase(self, x_drive: torch.Tensor, y: torch.Tensor | None = None, beta: Scalar = 0.0, *, fold: bool | None = None) -> "Phase":
+    def phase(
+        self, x_drive: torch.Tensor, y: torch.Tensor | None = None, beta: Scalar = 0.0, *, fold: bool | None = None,
+        operands: torch.dtype | None = None,
+    ) -> "Phase":
         """The dynamics of one phase at fixed θ (see `Phase`); `fold` defaults to the fast folded form
         for all-dense nets without autograd (eq. fold)."""
         if fold is None:
             fold = self.all_dense and not torch.is_grad_enabled()
-        return Phase(self, x_drive, y, beta, fold=fold)
+        return Phase(self, x_drive, y, beta, fold=fold, operands=operands)
 
-    def step(self, x_drive: torch.Tensor, state: State, y: torch.Tensor | None = None, beta: Scalar = 0.0) -> State:
+    def step(
+        self, x_drive: torch.Tensor, state: State, y: torch.Tensor | None = None, beta: Scalar = 0.0,
+        operands: torch.dtype | None = None,
+    ) -> State:
         """One synchronous step s_{t+1} = ρ(∂Φ^β/∂s(x, s_t, θ)) in closed form (eq. dyn, dyn-out), the
         arguments of ρ computed whole (drive + feedback) and ρ applied after (the unfolded form).
 
         Under `torch.no_grad()` the activation is applied in place on fresh buffers; with grad
         enabled (BPTT) every op is out of place and differentiable.
         """
-        return Phase(self, x_drive, y, beta, fold=False).step(state)
+        return Phase(self, x_drive, y, beta, fold=False, operands=operands).step(state)
 
     def pre_activations(
         self, x_drive: torch.Tensor, state: State, y: torch.Tensor | None = None, beta: Scalar = 0.0
@@ -278,9 +285,13 @@ class Phase:
     interleaved chains (eq. chains).
     """
 
-    def __init__(self, net: "LayeredNet", x_drive: torch.Tensor, y: torch.Tensor | None, beta: Scalar, *, fold: bool):
+    def __init__(
+        self, net: "LayeredNet", x_drive: torch.Tensor, y: torch.Tensor | None, beta: Scalar, *, fold: bool,
+        operands: torch.dtype | None = None,
+    ):
         if fold and not (net.all_dense and not torch.is_grad_enabled()):
             raise ValueError("the folded form needs an all-dense net and no autograd")
+        self.lp = None if operands is None else LowPrecision(operands)  # eq. precision: the products' operands
         self.net, self.layers, self.n = net, net._layers, net.n_states
         self.x_drive, self.y, self.beta, self.fold = x_drive, y, beta, fold
         self.inplace = not torch.is_grad_enabled()
@@ -310,13 +321,13 @@ class Phase:
         for the max-pool indices of the feedback into s_{j−1}) is computed once."""
         layers, n = self.layers, self.n
         need = sorted({i for i in which if i > 0} | {i + 1 for i in which if i + 1 < n and layers[i + 1].needs_ctx})
-        drives = {j: layers[j].drive(s[j - 1]) for j in need}
+        drives = {j: layers[j].drive(s[j - 1], self.lp) for j in need}
         pre, outside = {}, None
         for i in which:
             fwd = self.x_drive if i == 0 else drives[i][0]
             if i + 1 < n:
                 ctx = drives[i + 1][1] if layers[i + 1].needs_ctx else None
-                a = layers[i + 1].feedback_add(fwd, s[i + 1], ctx)
+                a = layers[i + 1].feedback_add(fwd, s[i + 1], ctx, self.lp)
             elif i == 0:
                 a = self.x_drive.clone()
             else:
@@ -347,7 +358,12 @@ class Phase:
     # -------------------------------------------------------------------------------- folded
     def pre_activation(self, i: int, s: State, const: torch.Tensor) -> torch.Tensor:
         """Folded form: κ·(∂Φ/∂s_i) + c for layer i from its neighbours in `s` (a fresh tensor)."""
-        k, n = self.k, self.n
+        k, n, lp = self.k, self.n, self.lp
+        if lp is not None:
+            if i == 0:
+                return lp.addmm(const, s[1], self.back_w[1], alpha=k) if n > 1 else const.clone()
+            u = lp.addmm(const, s[i - 1], self.fwd_w[i], alpha=k)
+            return lp.addmm(u, s[i + 1], self.back_w[i + 1], alpha=k) if i + 1 < n else u
         if i == 0:
             return torch.addmm(const, s[1], self.back_w[1], alpha=k) if n > 1 else const.clone()
         u = torch.addmm(const, s[i - 1], self.fwd_w[i], alpha=k)

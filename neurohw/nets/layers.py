@@ -32,6 +32,43 @@ from neurohw.errors import ConfigError
 POOLS = ("max2", "avg2", "none")
 
 
+class LowPrecision:
+    """Lower-precision operands for one phase's products (train.precision = "bf16"; docs/math.md
+    eq. precision): the state and weight operands of the drives and feedbacks are rounded to `dtype`,
+    products are accumulated and returned in the state's dtype (fp32). States, their differences, the
+    parameters, the optimizer and the ∂Φ/∂θ contrast never leave fp32. Each weight is cast once per
+    phase (cached by storage, shape and strides); on the CPU, which has no bf16 → fp32 product, the
+    rounded operands are multiplied in fp32 (the same numbers up to the order of the sums).
+    """
+
+    def __init__(self, dtype: torch.dtype):
+        self.dtype, self._weights = dtype, {}
+
+    def operand(self, t: torch.Tensor) -> torch.Tensor:
+        low = t.to(self.dtype)
+        return low if t.is_cuda else low.to(t.dtype)
+
+    def weight(self, t: torch.Tensor) -> torch.Tensor:
+        key = (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
+        if key not in self._weights:
+            self._weights[key] = self.operand(t)
+        return self._weights[key]
+
+    def addmm(self, c: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+        """c + alpha·(a @ b), a an activation, b a weight (a fresh tensor of c's dtype)."""
+        a, b = self.operand(a), self.weight(b)
+        if a.is_cuda:
+            return torch.addmm(c, a, b, out_dtype=c.dtype, alpha=alpha)
+        return torch.addmm(c, a, b, alpha=alpha)
+
+    def conv2d(self, s: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, stride: int, padding: int) -> torch.Tensor:
+        out = F.conv2d(self.operand(s), self.weight(w), None if b is None else self.weight(b), stride, padding)
+        return out.to(s.dtype)
+
+    def conv_transpose2d(self, s: torch.Tensor, w: torch.Tensor, stride: int, padding: int, output_padding) -> torch.Tensor:
+        return F.conv_transpose2d(self.operand(s), self.weight(w), None, stride, padding, output_padding).to(s.dtype)
+
+
 def _init_uniform(tensors: list[torch.Tensor], fan_in: int, gain: float, generator: torch.Generator) -> None:
     """PyTorch's default Linear/Conv initialisation U(−1/√fan_in, 1/√fan_in), times `gain`."""
     bound = gain / math.sqrt(fan_in)
@@ -61,11 +98,15 @@ class Dense(nn.Module):
             with torch.no_grad():
                 self.weight_backward.copy_(self.weight)
 
-    def drive(self, s_in: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def drive(self, s_in: torch.Tensor, lp: LowPrecision | None = None) -> tuple[torch.Tensor, None]:
+        if lp is not None:
+            return lp.addmm(self.bias, s_in.flatten(1), self.weight.t()), None
         return torch.addmm(self.bias, s_in.flatten(1), self.weight.t()), None
 
-    def feedback_add(self, base: torch.Tensor, s_out: torch.Tensor, ctx: None) -> torch.Tensor:
+    def feedback_add(self, base: torch.Tensor, s_out: torch.Tensor, ctx: None, lp: LowPrecision | None = None) -> torch.Tensor:
         w = self.weight if self.weight_backward is None else self.weight_backward
+        if lp is not None:
+            return lp.addmm(base.flatten(1), s_out, w).view(base.shape)
         return torch.addmm(base.flatten(1), s_out, w).view(base.shape)
 
     def feedback(self, s_out: torch.Tensor, ctx: None) -> torch.Tensor:
@@ -133,8 +174,11 @@ class Conv2d(nn.Module):
     def reset_parameters(self, generator: torch.Generator, gain: float = 1.0) -> None:
         _init_uniform([self.weight, self.bias], self.in_shape[0] * self.kernel_size**2, gain, generator)
 
-    def drive(self, s_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        y = F.conv2d(s_in, self.weight, self.bias, self.stride, self.padding)
+    def drive(self, s_in: torch.Tensor, lp: LowPrecision | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if lp is not None:
+            y = lp.conv2d(s_in, self.weight, self.bias, self.stride, self.padding)
+        else:
+            y = F.conv2d(s_in, self.weight, self.bias, self.stride, self.padding)
         if self.pool == "max2":
             return F.max_pool2d(y, 2, return_indices=True)
         if self.pool == "avg2":
@@ -151,13 +195,18 @@ class Conv2d(nn.Module):
             return F.pad(g, (0, dw, 0, dh)) if dh or dw else g
         return s_out
 
-    def feedback(self, s_out: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
+    def feedback(self, s_out: torch.Tensor, ctx: torch.Tensor | None, lp: LowPrecision | None = None) -> torch.Tensor:
+        if lp is not None:
+            return lp.conv_transpose2d(self.unpool(s_out, ctx), self.weight, self.stride, self.padding, self._output_padding)
         return F.conv_transpose2d(
             self.unpool(s_out, ctx), self.weight, None, self.stride, self.padding, self._output_padding
         )
 
-    def feedback_add(self, base: torch.Tensor, s_out: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
-        return self.feedback(s_out, ctx).add_(base) if not torch.is_grad_enabled() else base + self.feedback(s_out, ctx)
+    def feedback_add(
+        self, base: torch.Tensor, s_out: torch.Tensor, ctx: torch.Tensor | None, lp: LowPrecision | None = None
+    ) -> torch.Tensor:
+        fb = self.feedback(s_out, ctx, lp)
+        return fb.add_(base) if not torch.is_grad_enabled() else base + fb
 
     def phi_grads(self, s_in: torch.Tensor, s_out: torch.Tensor, ctx: torch.Tensor | None) -> list[torch.Tensor]:
         g = self.unpool(s_out, ctx)
