@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import platform
 import time
+from pathlib import Path
 
 import torch
 
@@ -108,9 +109,11 @@ def run_bench(samples: int = 2000, device: str = "cpu", data_dir=None, threads: 
     """Both engines on `samples` MNIST training samples (≥ one batch, rounded down to whole batches and
     to the training split; the report's `samples` is the number trained), `repeats` ≥ 1 runs each."""
     check_counts(samples, threads, repeats, min_samples=BATCH)
+    from neurohw.train import resolve_device
+
     if threads:
         torch.set_num_threads(threads)
-    dev = torch.device(device)
+    dev = resolve_device(device)  # ConfigError naming the device when CUDA is not available
     dtype = torch.float32
     splits = load_splits(DataConfig(), data_dir)
     info = DATASETS["mnist"]
@@ -268,4 +271,208 @@ def format_brian2_bench(r: dict) -> str:
                  f"numpy twin {a['twin_inferences_per_s']:.1f} inf/s")
     if r["analog_kernel_over_brian2_cython"] is not None:
         lines.append(f"  analog kernel / Brian2 cython rate model: {r['analog_kernel_over_brian2_cython']:.1f} ×")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------ one card's update
+TEST_SIZE = 10_000  # the test split of MNIST, Fashion-MNIST and CIFAR-10 (a whole epoch evaluates it)
+CARD_WARMUP = 3  # updates run before the timing of each variant (lazy initialisation, cuDNN autotuning)
+_SYNCING_OPS = {"_local_scalar_dense", "item", "is_nonzero", "equal", "nonzero", "masked_select", "unique"}
+
+
+def count_ops(fn) -> dict[str, int]:
+    """Run `fn` once and count what it dispatches: `kernels` (operators that compute: every one is a
+    kernel launch on a GPU), `views` (free: no kernel) and `host_reads` (operators that read a tensor's
+    value back to the host: a synchronisation on a GPU), by a TorchDispatchMode."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    counts = {"kernels": 0, "views": 0, "host_reads": 0}
+
+    class Count(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ in _SYNCING_OPS:
+                counts["host_reads"] += 1
+            elif func.is_view:
+                counts["views"] += 1
+            else:
+                counts["kernels"] += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return counts
+
+
+def count_flops(fn) -> int:
+    """Floating-point operations of the matrix products and convolutions `fn` runs (torch's counter,
+    which knows out-of-place products only: the engine's in-place `addmm_` are added; multiply-adds
+    count 2)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def addmm_inplace(self_shape, a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+        return 2 * a_shape[0] * a_shape[1] * b_shape[1]
+
+    with FlopCounterMode(display=False, custom_mapping={torch.ops.aten.addmm_: addmm_inplace}) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _card_trainer(cfg, splits, out, program: bool):
+    from neurohw.train import Trainer
+
+    return Trainer(cfg, out, resume=False, overwrite=True, data_dir=None, splits=splits, progress=False, log=None,
+                   use_program=program)
+
+
+def run_card_bench(
+    card: str, overrides: list[str] | tuple[str, ...] = (), *, device: str = "cpu", batches: int = 20, threads: int = 0,
+    epoch_samples: int = 0, out_dir=None,
+) -> dict:
+    """Time one training update of a model card on synthetic data of its shape, every way this machine
+    can run it, side by side in one run: `eager` (the reference loop: learner.step and torch.optim),
+    `program` (the static update of neurohw/program.py, run eagerly) and, on CUDA, `graph` (that update
+    captured as a CUDA graph) and the graph with TF32 and bf16 operands; on the CPU also `program/bf16`.
+    Each variant trains `batches` batches from the same initial weights after CARD_WARMUP updates.
+    Per update it also counts the kernels, views and host reads dispatched (eager and program) and the
+    FLOPs of the products. With `epoch_samples` > 0 it times a whole epoch of that many synthetic training
+    samples through `neurohw train`'s loop, evaluation on the card's validation and test sizes included.
+    """
+    import tempfile
+
+    from neurohw.config import load_config
+    from neurohw.data import synthetic_splits
+    from neurohw.errors import ConfigError
+    from neurohw.train import resolve_device
+
+    check_counts(batches, threads, 1, min_samples=1)
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    base = load_config(card, [*overrides, f"device={dev}"])
+    if base.learner.algorithm not in ("ep", "cep", "cvf"):
+        raise ConfigError(f"bench --card times the EP learners' update; {card} uses learner.algorithm = '{base.learner.algorithm}'")
+    info = DATASETS[base.data.dataset]
+    B = base.train.batch_size
+    n = (CARD_WARMUP + batches) * B
+    splits = synthetic_splits(info, n, min(B, 1000), min(B, 1000), seed=0)
+    variants = [("eager", "fp32", False), ("program", "fp32", True)]
+    if dev.type == "cuda":
+        variants += [("graph", "fp32", True), ("graph/tf32", "tf32", True), ("graph/bf16", "bf16", True)]
+    else:
+        variants += [("program/bf16", "bf16", True)]
+    rows = []
+    work = tempfile.TemporaryDirectory() if out_dir is None else None
+    root = Path(work.name) if work is not None else Path(out_dir)
+    try:
+        for name, precision, program in variants:
+            graphs = "true" if name.startswith("graph") else "false"
+            cfg = load_config(card, [*overrides, f"device={dev}", f"train.precision={precision}", f"train.cuda_graphs={graphs}"])
+            tr = _card_trainer(cfg, splits, root / name.replace("/", "_"), program)
+            rows.append(_time_variant(name, tr, program, batches, dev))
+        counts = rows[0].pop("counts"), rows[1].pop("counts")
+        for r in rows:
+            r.pop("counts", None)
+        epoch = None
+        if epoch_samples:
+            cfg = load_config(card, [*overrides, f"device={dev}", "train.epochs=1"])
+            n_val, n_test = cfg.data.val_size, TEST_SIZE
+            ep_splits = synthetic_splits(info, epoch_samples, n_val, n_test, seed=1)
+            from neurohw.train import train
+
+            t0 = time.perf_counter()
+            summary = train(cfg, root / "epoch", overwrite=True, splits=ep_splits, progress=False, log=None)
+            wall = time.perf_counter() - t0
+            epoch = {"train_samples": epoch_samples, "eval_samples": n_val + n_test, "wall_s": wall,
+                     "samples_per_s": epoch_samples / wall, "update": summary["update"]}
+    finally:
+        if work is not None:
+            work.cleanup()
+    flops = rows[0]["flops_per_update"]
+    cuda = torch.version.cuda if dev.type == "cuda" else None
+    return {
+        "card": str(card), "overrides": list(overrides), "device": str(dev), "batch_size": B, "batches": batches,
+        "T_free": base.learner.T_free, "T_nudge": base.learner.T_nudge, "estimator": base.learner.estimator,
+        "relaxation": base.learner.relaxation, "variants": rows,
+        "per_update": {"eager": counts[0], "program": counts[1], "flops": flops},
+        "epoch": epoch,
+        "torch": torch.__version__, "cuda": cuda,
+        "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+        "threads": torch.get_num_threads(), "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+    }
+
+
+def _time_variant(name: str, tr, program: bool, batches: int, dev: torch.device) -> dict:
+    """Samples/s of `batches` updates of one variant after CARD_WARMUP (the batches of one epoch's tables)."""
+    from neurohw.program import draw_epoch
+    from neurohw.train import device_settings
+
+    cfg = tr.cfg
+    B = cfg.train.batch_size
+    with device_settings(dev, cfg.train.precision, conv=tr.memory_format is not None):
+        if program:
+            prog = tr.program
+            prog.begin_epoch(draw_epoch(len(tr.train_split), prog.n_batches, B, tr.shuffle_gen, tr.augment_gen,
+                                        prog.padding, tr.learner.sampler))
+            counts = count_ops(prog.run)
+            flops = count_flops(prog.run)
+            prog.counter.zero_()  # the timed updates use the epoch's tables from the start
+            if name.startswith("graph"):
+                tr._capture()
+                if prog.graph is None:
+                    raise RuntimeError(f"bench --card: the {name} variant could not be captured")
+            step = prog
+            for _ in range(CARD_WARMUP):
+                step()
+        else:
+            batches_xy = _eager_batches(tr, CARD_WARMUP + batches)
+            it = iter(batches_xy)
+            step = lambda: tr.learner.step(tr.net, *next(it), tr.apply)
+            x0, y0 = batches_xy[0]
+            counts = count_ops(lambda: tr.learner.step(tr.net, x0, y0, tr.apply))
+            flops = count_flops(lambda: tr.learner.step(tr.net, x0, y0, tr.apply))
+            for _ in range(CARD_WARMUP):
+                step()
+        _sync(dev)
+        t0 = time.perf_counter()
+        for _ in range(batches):
+            step()
+        _sync(dev)
+        wall = time.perf_counter() - t0
+    return {"variant": name, "precision": cfg.train.precision, "ms_per_update": 1e3 * wall / batches,
+            "samples_per_s": batches * B / wall, "gflops": flops * batches / wall / 1e9, "flops_per_update": flops,
+            "counts": counts}
+
+
+def _eager_batches(tr, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`n` batches prepared as the eager training loop prepares them (outside the timing)."""
+    from neurohw.data import one_hot
+
+    B, split = tr.cfg.train.batch_size, tr.train_split
+    out = []
+    for b in range(n):
+        idx = torch.arange(b * B, (b + 1) * B, device=split.images.device) % len(split)
+        x = tr.preprocess(split.images[idx])
+        if tr.memory_format is not None:
+            x = x.contiguous(memory_format=tr.memory_format)
+        out.append((x, one_hot(split.labels[idx], tr.info.n_classes, tr.dtype)))
+    return out
+
+
+def format_card_bench(r: dict) -> str:
+    pu = r["per_update"]
+    lines = [
+        f"neurohw bench --card {r['card']}: batch {r['batch_size']}, T {r['T_free']}/{r['T_nudge']} ({r['estimator']}, "
+        f"{r['relaxation']}), {r['batches']} timed updates, {r['device']}{' ' + r['gpu'] if r['gpu'] else ''}, "
+        f"torch {r['torch']}{', CUDA ' + r['cuda'] if r['cuda'] else ''}, {r['threads']} threads, {r['date_utc']} UTC",
+        f"  per update: {pu['flops'] / 1e6:.1f} MFLOP of products; kernels / host reads dispatched: "
+        f"eager {pu['eager']['kernels']} / {pu['eager']['host_reads']}, program {pu['program']['kernels']} / {pu['program']['host_reads']}",
+        "  variant          ms/update   samples/s   GFLOP/s",
+    ]
+    for v in r["variants"]:
+        lines.append(f"  {v['variant']:<15} {v['ms_per_update']:10.3f} {v['samples_per_s']:11.0f} {v['gflops']:9.2f}")
+    if r["epoch"]:
+        e = r["epoch"]
+        lines.append(f"  whole epoch ({e['update']}): {e['train_samples']} training + {e['eval_samples']} evaluation samples "
+                     f"in {e['wall_s']:.1f} s = {e['samples_per_s']:.0f} training samples/s")
     return "\n".join(lines)

@@ -77,8 +77,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from neurohw import bench
     from neurohw.errors import ConfigError
 
-    if args.analog and args.brian2:
-        raise ConfigError("--analog and --brian2 are two different benchmarks: give one of them")
+    chosen = [name for name in ("analog", "brian2", "card") if getattr(args, name)]
+    if len(chosen) > 1:
+        raise ConfigError(f"--{' and --'.join(chosen)} are different benchmarks: give one of them")
+    if args.overrides and not args.card:
+        raise ConfigError(f"key=value overrides ({' '.join(args.overrides)}) belong to --card")
+    if args.card:
+        from neurohw.bench import format_card_bench, run_card_bench
+
+        if args.sim:
+            raise ConfigError("--sim is the analog scenario of --analog or --brian2, not of --card")
+        if args.epoch_samples < 0:
+            raise ConfigError(f"bench --epoch-samples must be ≥ 0 (0: no epoch), got {args.epoch_samples}")
+        r = run_card_bench(args.card, args.overrides, device=args.device, batches=args.batches, threads=args.threads,
+                           epoch_samples=args.epoch_samples)
+        print(format_card_bench(r))
+        _write_json(args.json, r)
+        return 0
     if args.sim and not (args.analog or args.brian2):
         raise ConfigError("--sim is the analog scenario of --analog or --brian2; the engine bench takes none")
     bench.check_counts(args.samples, args.threads, args.repeats, min_samples=1 if args.analog or args.brian2 else bench.BATCH)
@@ -196,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--targets", default="numpy,cython,cpp_standalone", help="with --brian2: comma-separated targets")
     b.add_argument("--sim", help="with --analog/--brian2: the analog scenario card (default: full noise)")
     b.add_argument("--data-dir", help="dataset folder")
+    b.add_argument("--card", metavar="CARD.toml", help="instead: one training update of this model card on synthetic data of its "
+                   "shape, every variant this machine runs (eager, program, CUDA graph, TF32/bf16 operands) side by side")
+    b.add_argument("overrides", nargs="*", metavar="key=value", help="with --card: card overrides")
+    b.add_argument("--batches", type=int, default=20, help="with --card: timed updates per variant, ≥ 1 (default 20)")
+    b.add_argument("--epoch-samples", type=int, default=0,
+                   help="with --card: also time a whole epoch of this many synthetic training samples, evaluation included (0: no)")
     b.add_argument("--json", help="write the figures to this JSON file")
     b.set_defaults(func=cmd_bench)
 

@@ -222,6 +222,18 @@ def make_splits(
     )
 
 
+def synthetic_splits(info: DatasetInfo, n_train: int, n_val: int, n_test: int, seed: int = 0) -> Splits:
+    """Random uint8 images and labels of a dataset's shape (timing a card without its data: CIFAR-10
+    is on no machine of the project); seeded, on the CPU."""
+    g = torch.Generator().manual_seed(seed)
+
+    def split(n: int) -> Split:
+        images = torch.randint(0, 256, (n, *info.input_shape), generator=g, dtype=torch.uint8)
+        return Split(images, torch.randint(0, info.n_classes, (n,), generator=g))
+
+    return Splits(info, split(n_train), split(n_val), split(n_test))
+
+
 def limit_splits(splits: Splits, limit_train: int = 0, limit_eval: int = 0) -> Splits:
     """The first `limit_train` training and `limit_eval` validation/test samples (0: all)."""
     cut = lambda s, n: Split(s.images[:n], s.labels[:n]) if n and n < len(s) else s

@@ -45,29 +45,26 @@ def step_autograd(net: LayeredNet, x: torch.Tensor, state: State, y: torch.Tenso
 class FiniteFlags:
     """Non-finite states recorded on the device, without a host synchronisation.
 
-    `first[k]` is the 1-based number of the first batch (counted by `batch`, which the caller
-    advances) whose state at the end of phase `names[k]` was not finite; 0 while none was.
+    Per phase an accumulator adds 0 × (the sum of the phase's end state): it stays 0 while every state
+    is finite and turns NaN for good at the first NaN or ±Inf (0·Inf = NaN) — one kernel per phase
+    besides the sum. Which batch and step went first is found by replaying eagerly (program.py).
     """
 
     def __init__(self, names: tuple[str, ...], device: torch.device | str):
         self.names = tuple(names)
-        self.first = torch.zeros(len(self.names), dtype=torch.int64, device=device)
-        self.batch = torch.zeros((), dtype=torch.int64, device=device)
+        self.acc = torch.zeros(len(self.names), dtype=torch.float64, device=device)
 
     def record(self, name: str, state: State) -> None:
         if name not in self.names:
             raise ValueError(f"phase '{name}' has no flag (flags: {', '.join(self.names)})")
-        k = self.names.index(name)
-        bad = ~torch.isfinite(_total(state))
-        self.first[k] = torch.where(bad & (self.first[k] == 0), self.batch + 1, self.first[k])
+        self.acc[self.names.index(name)].add_(_total(state), alpha=0.0)
 
     def reset(self) -> None:
-        self.first.zero_()
-        self.batch.zero_()
+        self.acc.zero_()
 
-    def read(self) -> dict[str, int]:
-        """{phase: first bad batch} of the flagged phases (one host synchronisation)."""
-        return {n: int(v) for n, v in zip(self.names, self.first.tolist()) if v}
+    def read(self) -> list[str]:
+        """The phases flagged since the last reset (one host synchronisation)."""
+        return [n for n, v in zip(self.names, self.acc.tolist()) if v != 0.0]
 
 
 def relax(

@@ -165,7 +165,7 @@ class UpdateProgram:
         self.opt = TensorSGD(optimizer, continual_T=learner.T_nudge if continual else 0, weight_decay=weight_decay if continual else 0.0)
         dev = self.device
         self.flags = FiniteFlags(learner.flag_names(), dev)
-        self.counter = self.flags.batch  # the batch number within the epoch
+        self.counter = torch.zeros((), dtype=torch.int64, device=dev)  # the batch number within the epoch
         self.order = torch.zeros(n_batches, batch, dtype=torch.int64, device=dev)
         self.draws = None
         if padding is not None:
@@ -191,6 +191,7 @@ class UpdateProgram:
         self.opt.sync()
         self.loss_sum.zero_()
         self.correct.zero_()
+        self.counter.zero_()
         self.flags.reset()
 
     def stats(self) -> tuple[float, int]:
@@ -242,7 +243,7 @@ class UpdateProgram:
                 t.copy_(s)
 
     def _mutable(self) -> list[torch.Tensor]:
-        return [*self.net.parameters(), *self.opt.state(), self.counter, self.loss_sum, self.correct, self.flags.first]
+        return [*self.net.parameters(), *self.opt.state(), self.counter, self.loss_sum, self.correct, self.flags.acc]
 
     # ------------------------------------------------------------------------------- capture
     def capture(self) -> None:
@@ -265,19 +266,18 @@ class UpdateProgram:
         self.graph = graph
 
     # ------------------------------------------------------------------------ divergence replay
-    def replay_eagerly(self, snap: list[torch.Tensor], start: int, bad: dict[str, int], epoch: int) -> None:
-        """Name where a flagged divergence first happened: restore the state at batch `start` (the last
-        clean check) and run the batches from there eagerly with host checks, which raise
-        DivergenceError naming the phase, layer and step; the batch and epoch are added."""
+    def replay_eagerly(self, snap: list[torch.Tensor], start: int, end: int, bad: list[str], epoch: int) -> None:
+        """Name where a flagged divergence first happened: restore the state after batch `start` (the
+        last clean check) and run batches start+1 … `end` eagerly with host checks, which raise
+        DivergenceError naming the phase, layer and step; the epoch and batch are added."""
         self.restore(snap)
-        first = min(bad.values())
-        for b in range(start, first):
+        for b in range(start, end):
             try:
                 self.run(check=True)
             except DivergenceError as e:
                 raise DivergenceError(f"epoch {epoch}, batch {b + 1}: {e}") from None
         raise DivergenceError(
-            f"epoch {epoch}, batch {first}: a non-finite state at the end of the {' and '.join(bad)} phase "
-            "(flagged on the device; the eager replay from the last check did not reproduce it); "
+            f"epoch {epoch}, batches {start + 1}…{end}: a non-finite state at the end of the {' and '.join(bad)} "
+            "phase (flagged on the device; the eager replay from the last check did not reproduce it); "
             "lower the learning rate or beta"
         )

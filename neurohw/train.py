@@ -394,7 +394,7 @@ class Trainer:
             if (b + 1) % FLAG_CHECK_EVERY == 0 or b + 1 == n_batches:
                 bad = prog.flags.read()
                 if bad:
-                    prog.replay_eagerly(snap, start, bad, epoch + 1)
+                    prog.replay_eagerly(snap, start, b + 1, bad, epoch + 1)
                 snap, start = prog.snapshot(), b + 1
             if bar is not None:
                 bar.update(1)

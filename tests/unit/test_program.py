@@ -135,3 +135,40 @@ def test_cuda_graphs_option_is_checked(tmp_path, mnist_small):
     assert load_config(None, ["train.cuda_graphs=false"]).train.cuda_graphs == "false"  # a TOML boolean is accepted
     with pytest.raises(ConfigError, match="train.cuda_graphs"):
         load_config(None, ["train.cuda_graphs=maybe"])
+
+
+def test_bench_card_times_every_variant_and_counts_the_work(capsys, tmp_path):
+    """`neurohw bench --card`: the variants side by side, the kernels and host reads of one update (the
+    program reads nothing back; the eager loop checks each phase on the host), the products' FLOPs."""
+    from neurohw.cli import main
+
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--card", str(MODELS / "mnist_ep_fc1.toml"), "--batches", "2", "learner.T_free=6",
+                 "learner.T_nudge=3", "net.hidden=[32]", "--epoch-samples", "200", "data.val_size=100", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    r = json.loads(out.read_text())
+    assert [v["variant"] for v in r["variants"]] == ["eager", "program", "program/bf16"]
+    assert all(v["samples_per_s"] > 0 for v in r["variants"]) and "eager" in text and r["torch"]
+    pu = r["per_update"]
+    assert pu["program"]["host_reads"] == 0 and pu["eager"]["host_reads"] == 2  # the free and the nudged phase
+    # closed-form count for a 784-32-10 net at B = 20, T 6/3 (docs/math.md eq. fold, chains): the input drive
+    # 2·B·784·32; the free phase as two chains on 2B rows: a prelude of one layer on B rows, then 6 steps of
+    # one layer on 2B rows (2·B·32·10 multiply-adds each); 3 nudged steps of both layers on B rows; the
+    # contrast: Δs_1ᵀx (2·B·784·32) and two products for W_1 (2 × 2·B·32·10)
+    B, unit = 20, 2 * 20 * 32 * 10
+    assert pu["flops"] == 2 * B * 784 * 32 + (unit + 6 * 2 * unit) + 3 * 2 * unit + 2 * B * 784 * 32 + 2 * unit
+    assert r["epoch"]["train_samples"] == 200 and r["epoch"]["eval_samples"] == 100 + 10_000
+
+
+def test_bench_refuses_what_it_does_not_use(capsys):
+    from neurohw.cli import main
+
+    for argv, words in (
+        (["bench", "--card", str(MODELS / "mnist_dtp_mlp.toml")], "learner.algorithm = 'ldrl'"),
+        (["bench", "--card", str(MODELS / "mnist_ep_fc1.toml"), "--sim", "sims/ideal.toml"], "--sim"),
+        (["bench", "train.epochs=2"], "belong to --card"),
+        (["bench", "--device", "cuda"] if not torch.cuda.is_available() else ["bench", "--device", "cuda:99"], "cuda"),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("neurohw: error:") and words in err and "Traceback" not in err
