@@ -326,7 +326,7 @@ def _card_trainer(cfg, splits, out, program: bool):
 
 def run_card_bench(
     card: str, overrides: list[str] | tuple[str, ...] = (), *, device: str = "cpu", batches: int = 20, threads: int = 0,
-    epoch_samples: int = 0, out_dir=None,
+    epoch_samples: int = 0, out_dir=None, compiled: bool = False,
 ) -> dict:
     """Time one training update of a model card on synthetic data of its shape, every way this machine
     can run it, side by side in one run: `eager` (the reference loop: learner.step and torch.optim),
@@ -334,7 +334,8 @@ def run_card_bench(
     captured as a CUDA graph) and the graph with TF32 and bf16 operands; on the CPU also `program/bf16`.
     Each variant trains `batches` batches from the same initial weights after CARD_WARMUP updates.
     Per update it also counts the kernels, views and host reads dispatched (eager and program) and the
-    FLOPs of the products. With `epoch_samples` > 0 it times a whole epoch of that many synthetic training
+    FLOPs of the products. `compiled` adds the update through torch.compile (`program/compiled`, and on
+    CUDA `graph/compiled`), its compilation time reported apart. With `epoch_samples` > 0 it times a whole epoch of that many synthetic training
     samples through `neurohw train`'s loop, evaluation on the card's validation and test sizes included.
     """
     import tempfile
@@ -358,15 +359,18 @@ def run_card_bench(
     variants = [("eager", "fp32", False), ("program", "fp32", True)]
     if dev.type == "cuda":
         variants += [("graph", "fp32", True), ("graph/tf32", "tf32", True), ("graph/bf16", "bf16", True)]
+        variants += [("graph/compiled", "fp32", True)] if compiled else []
     else:
         variants += [("program/bf16", "bf16", True)]
+        variants += [("program/compiled", "fp32", True)] if compiled else []
     rows = []
     work = tempfile.TemporaryDirectory() if out_dir is None else None
     root = Path(work.name) if work is not None else Path(out_dir)
     try:
         for name, precision, program in variants:
             graphs = "true" if name.startswith("graph") else "false"
-            cfg = load_config(card, [*overrides, f"device={dev}", f"train.precision={precision}", f"train.cuda_graphs={graphs}"])
+            extra = ["train.compile=true"] if name.endswith("compiled") else []
+            cfg = load_config(card, [*overrides, f"device={dev}", f"train.precision={precision}", f"train.cuda_graphs={graphs}", *extra])
             tr = _card_trainer(cfg, splits, root / name.replace("/", "_"), program)
             rows.append(_time_variant(name, tr, program, batches, dev))
         counts = rows[0].pop("counts"), rows[1].pop("counts")
@@ -414,13 +418,19 @@ def _time_variant(name: str, tr, program: bool, batches: int, dev: torch.device)
             prog = tr.program
             prog.begin_epoch(draw_epoch(len(tr.train_split), prog.n_batches, B, tr.shuffle_gen, tr.augment_gen,
                                         prog.padding, tr.learner.sampler))
-            counts = count_ops(prog.run)
-            flops = count_flops(prog.run)
+            counts = count_ops(prog._update_flagged)  # the update's operators, uncompiled
+            flops = count_flops(prog._update_flagged)
             prog.counter.zero_()  # the timed updates use the epoch's tables from the start
+            t0 = time.perf_counter()
             if name.startswith("graph"):
                 tr._capture()
                 if prog.graph is None:
                     raise RuntimeError(f"bench --card: the {name} variant could not be captured")
+            elif name.endswith("compiled"):
+                prog.run()
+                prog.counter.zero_()
+            _sync(dev)
+            compile_s = time.perf_counter() - t0 if name.endswith("compiled") else None
             step = prog
             for _ in range(CARD_WARMUP):
                 step()
@@ -433,6 +443,7 @@ def _time_variant(name: str, tr, program: bool, batches: int, dev: torch.device)
             flops = count_flops(lambda: tr.learner.step(tr.net, x0, y0, tr.apply))
             for _ in range(CARD_WARMUP):
                 step()
+            compile_s = None
         _sync(dev)
         t0 = time.perf_counter()
         for _ in range(batches):
@@ -441,7 +452,7 @@ def _time_variant(name: str, tr, program: bool, batches: int, dev: torch.device)
         wall = time.perf_counter() - t0
     return {"variant": name, "precision": cfg.train.precision, "ms_per_update": 1e3 * wall / batches,
             "samples_per_s": batches * B / wall, "gflops": flops * batches / wall / 1e9, "flops_per_update": flops,
-            "counts": counts}
+            "compile_s": compile_s, "counts": counts}
 
 
 def _eager_batches(tr, n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -470,7 +481,8 @@ def format_card_bench(r: dict) -> str:
         "  variant          ms/update   samples/s   GFLOP/s",
     ]
     for v in r["variants"]:
-        lines.append(f"  {v['variant']:<15} {v['ms_per_update']:10.3f} {v['samples_per_s']:11.0f} {v['gflops']:9.2f}")
+        note = f"   (compilation {v['compile_s']:.0f} s, before the timing)" if v.get("compile_s") else ""
+        lines.append(f"  {v['variant']:<15} {v['ms_per_update']:10.3f} {v['samples_per_s']:11.0f} {v['gflops']:9.2f}{note}")
     if r["epoch"]:
         e = r["epoch"]
         lines.append(f"  whole epoch ({e['update']}): {e['train_samples']} training + {e['eval_samples']} evaluation samples "

@@ -82,6 +82,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"--{' and --'.join(chosen)} are different benchmarks: give one of them")
     if args.overrides and not args.card:
         raise ConfigError(f"key=value overrides ({' '.join(args.overrides)}) belong to --card")
+    if (args.compile or args.batches != 20 or args.epoch_samples) and not args.card:
+        raise ConfigError("--compile, --batches and --epoch-samples belong to --card")
     if args.card:
         from neurohw.bench import format_card_bench, run_card_bench
 
@@ -90,7 +92,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if args.epoch_samples < 0:
             raise ConfigError(f"bench --epoch-samples must be ≥ 0 (0: no epoch), got {args.epoch_samples}")
         r = run_card_bench(args.card, args.overrides, device=args.device, batches=args.batches, threads=args.threads,
-                           epoch_samples=args.epoch_samples)
+                           epoch_samples=args.epoch_samples, compiled=args.compile)
         print(format_card_bench(r))
         _write_json(args.json, r)
         return 0
@@ -215,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "shape, every variant this machine runs (eager, program, CUDA graph, TF32/bf16 operands) side by side")
     b.add_argument("overrides", nargs="*", metavar="key=value", help="with --card: card overrides")
     b.add_argument("--batches", type=int, default=20, help="with --card: timed updates per variant, ≥ 1 (default 20)")
+    b.add_argument("--compile", action="store_true", help="with --card: add the update through torch.compile (minutes to compile)")
     b.add_argument("--epoch-samples", type=int, default=0,
                    help="with --card: also time a whole epoch of this many synthetic training samples, evaluation included (0: no)")
     b.add_argument("--json", help="write the figures to this JSON file")

@@ -118,12 +118,18 @@ class LearnerConfig:
         "layers from their fresh neighbours; T_free/T_nudge/T_eval then count sweeps; same fixed point, eq. async)",
     )
     psi_deg: float = _f(0.0, "cvf: initial angle in degrees between forward and feedback weights")
-    vf_rule: str = _f("activity", "cvf: per-step update, activity (post-synaptic change × pre-synaptic activity, eq. C-VF) | vector-field ((∂F/∂θ)ᵀ Δs: the change gated by ρ'(a), eq. C-VF-vf)")
+    vf_rule: str = _f("activity", "cvf: per-step update, activity (post-synaptic change × pre-synaptic activity, eq. C-VF; the authors' rule) | vector-field ((∂F/∂θ)ᵀ Δs: the change gated by ρ'(a), eq. C-VF-vf; neurohw's option)")
     seed: int = _f(0, "seed of the learner's own generator (sign of β for random-sign; DTP: feedback init and noise)")
     fb_iters: tuple[int, ...] = _f((20,), "dtp/drl/ldrl: feedback training iterations per batch, per feedback layer G_2…G_N (one value broadcasts)")
     fb_noise: tuple[float, ...] = _f((0.1,), "dtp/drl/ldrl: noise std σ of the feedback loss, per feedback layer (one value broadcasts)")
     fb_lrs: tuple[float, ...] = _f((1e-3,), "dtp/drl/ldrl: SGD learning rate of each feedback layer (one value broadcasts)")
     fb_momentum: float = _f(0.9, "dtp/drl/ldrl: SGD momentum of the feedback layers")
+    fb_pool_indices: str = _f(
+        "noisy",
+        "ldrl/dtp on a net with a max2 conv layer: max-pool indices at which the feedback loss un-pools G(F(x+ε)), "
+        "noisy (those of the noisy pass F(x+ε): the authors' feedback_loss.py; the clean pass's serve G(F(x)) and "
+        "the η term) | clean (the clean pass's); drl always un-pools at the clean ones; docs/math.md eq. DTP-pool",
+    )
 
     def __post_init__(self) -> None:
         check_choice("learner.algorithm", self.algorithm, ("ep", "cep", "cvf", "bptt", "bp", "dtp", "drl", "ldrl"))
@@ -146,6 +152,7 @@ class LearnerConfig:
             check_positive("learner.fb_lrs", lr, zero_ok=True)
         if not 0.0 <= self.fb_momentum < 1.0:
             raise ConfigError(f"learner.fb_momentum must be in [0, 1), got {self.fb_momentum}")
+        check_choice("learner.fb_pool_indices", self.fb_pool_indices, ("noisy", "clean"))
 
 
 @dataclass(frozen=True)
@@ -172,6 +179,11 @@ class TrainConfig:
         "ep/cep/cvf: operands of the dynamics' matrix products and convolutions: fp32 | tf32 (CUDA tensor cores) | bf16 "
         "(rounded operands, fp32 sums); states, state differences, parameters, optimizer and the ∂Φ/∂θ contrast stay "
         "fp32 (eq. precision)",
+    )
+    compile: bool = _f(
+        False,
+        "ep/cep/cvf with SGD: run the whole update through torch.compile (fused elementwise work; captured as a CUDA "
+        "graph on CUDA); the first batch waits for the compilation (minutes)",
     )
     cuda_graphs: str = _f(
         "auto",
@@ -370,6 +382,7 @@ def key_usage(cfg: RunConfig) -> dict[str, tuple[bool, str]]:
         "learner.T_backprop": (a == "bptt", "learner.algorithm = 'bptt'"),
         "learner.relaxation": (ep, "the EP learners (ep, cep, cvf)"),
         "train.precision": (ep, "the EP learners (ep, cep, cvf)"),
+        "train.compile": (ep and cfg.train.optimizer == "sgd", "the EP learners (ep, cep, cvf) with train.optimizer = 'sgd'"),
         "learner.psi_deg": (a == "cvf", "learner.algorithm = 'cvf'"),
         "learner.vf_rule": (a == "cvf", "learner.algorithm = 'cvf'"),
         "net.nudge": (ep, "the nudged phases of the EP learners (ep, cep, cvf)"),
@@ -380,6 +393,11 @@ def key_usage(cfg: RunConfig) -> dict[str, tuple[bool, str]]:
     }
     for key in ("fb_iters", "fb_noise", "fb_lrs", "fb_momentum"):
         usage[f"learner.{key}"] = (dtp, "the DTP learners (learner.algorithm = dtp, drl, ldrl)")
+    max_pool = arch == "conv" and (not cfg.net.pools or "max2" in cfg.net.pools)  # () = every conv layer max2
+    usage["learner.fb_pool_indices"] = (
+        a in ("dtp", "ldrl") and max_pool,
+        "the DTP learners dtp and ldrl on a net with a max-pooled conv layer (net.pools with 'max2'; drl un-pools at the clean indices)",
+    )
     for key in ("channels", "kernel_sizes", "strides", "paddings", "pools"):
         usage[f"net.{key}"] = conv
     return usage

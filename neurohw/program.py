@@ -1,4 +1,4 @@
-"""A training update as one static program, captured as a CUDA graph (docs/design.md §The update on a GPU).
+"""A training update as one static program, captured as a CUDA graph (docs/design.md, "step and update"; docs/math.md eq. graph).
 
 At the papers' batch sizes an EP update on a GPU is bound by kernel launches and host round trips, not
 by arithmetic. `UpdateProgram` runs one update of an EP-family learner with every input that changes
@@ -153,6 +153,7 @@ class UpdateProgram:
         padding: int | None,
         weight_decay: float = 0.0,
         memory_format: torch.memory_format | None = None,
+        compile: bool = False,
     ):
         if getattr(learner, "name", None) not in CAPTURED_LEARNERS:
             raise ConfigError(f"learner '{getattr(learner, 'name', learner)}' has no captured update (only {', '.join(CAPTURED_LEARNERS)})")
@@ -176,6 +177,9 @@ class UpdateProgram:
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
         self.correct = torch.zeros((), dtype=torch.int64, device=dev)
         self.graph: torch.cuda.CUDAGraph | None = None
+        # train.compile: the whole update through torch.compile (fullgraph: a graph break is an error),
+        # which fuses its elementwise work; the eager replay of a divergence never uses it
+        self._update = torch.compile(self._update_flagged, fullgraph=True) if compile else self._update_flagged
 
     # ------------------------------------------------------------------------------ per epoch
     def begin_epoch(self, tables: EpochTables) -> None:
@@ -214,16 +218,28 @@ class UpdateProgram:
         sign = self.signs.index_select(0, b).view(()) if self.signs is not None else 1.0
         return x, y, sign
 
+    def run(self, *, check: bool = False) -> None:
+        """One update (eagerly — compiled with train.compile — or recorded by `capture`). `check=True`
+        checks every phase on the host instead of flagging it (the eager replay that names a divergence)."""
+        if check:
+            self._update_checked()
+        else:
+            self._update()
+
     @torch.no_grad()
-    def run(self, *, check: bool = False) -> dict[str, torch.Tensor]:
-        """One update (eagerly, or recorded by `capture`). `check=True` checks every phase on the host
-        instead of flagging it (the eager replay that names a divergence)."""
+    def _update_flagged(self) -> None:
+        self._one(self.flags)
+
+    @torch.no_grad()
+    def _update_checked(self) -> None:
+        self._one(None)
+
+    def _one(self, flags: FiniteFlags | None) -> None:
         x, y, sign = self.batch_inputs()
-        stats = self.learner.update(self.net, x, y, sign, self.opt.step, flags=None if check else self.flags)
+        stats = self.learner.update(self.net, x, y, sign, self.opt.step, flags=flags)
         self.loss_sum.add_(stats["loss"] * x.shape[0])
         self.correct.add_(stats["correct"])
         self.counter.add_(1)
-        return stats
 
     def __call__(self) -> None:
         if self.graph is not None:

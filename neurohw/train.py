@@ -10,7 +10,10 @@ reported test error is that of the selected epoch.
 
 Device and dtype are chosen once here; every random draw comes from a generator seeded from
 `train.seed` (initialisation, shuffling, augmentation) or `learner.seed` (sign of β), all on the CPU,
-so a run is reproducible and `--resume` continues bit-for-bit as if never interrupted.
+so a run is reproducible and `--resume` continues bit-for-bit as if never interrupted (on the CPU; on
+CUDA only with deterministic algorithms: CUBLAS_WORKSPACE_CONFIG=:4096:8,
+torch.use_deterministic_algorithms(True) and no cuDNN autotuning, which `device_settings` turns on for
+conv nets). On CUDA the update of ep/cep/cvf runs as a captured CUDA graph (neurohw/program.py).
 """
 
 from __future__ import annotations
@@ -344,17 +347,18 @@ class Trainer:
         return None
 
     def _build_program(self, use_program: bool) -> UpdateProgram | None:
-        """The static update of this run (docs/design.md §The update on a GPU): on CUDA unless
+        """The static update of this run (docs/math.md eq. graph): on CUDA unless
         train.cuda_graphs = false, or when asked (`use_program`, the CPU tests of the program)."""
         mode, cuda = self.cfg.train.cuda_graphs, self.device.type == "cuda"
         if mode == "true" and not cuda:
             raise ConfigError(f"train.cuda_graphs = true needs a CUDA device (device is {self.device}); use auto or false")
-        if not (use_program or (cuda and mode != "false")):
+        if not (use_program or self.cfg.train.compile or (cuda and mode != "false")):
             return None
         reason = self._program_refusal()
         if reason is not None:
-            if mode == "true":
-                raise ConfigError(f"train.cuda_graphs = true: {reason}")
+            if mode == "true" or self.cfg.train.compile:
+                key = "train.cuda_graphs = true" if mode == "true" else "train.compile = true"
+                raise ConfigError(f"{key}: {reason}")
             self.say(f"warning: train.cuda_graphs = auto: {reason}; the update runs eagerly")
             return None
         cfg = self.cfg
@@ -362,7 +366,7 @@ class Trainer:
             self.learner, self.net, self.optimizer, self.train_split, self.preprocess, self.info.n_classes,
             batch=cfg.train.batch_size, n_batches=self._n_batches(),
             padding=cfg.data.crop_padding if cfg.data.augment else None, weight_decay=cfg.train.weight_decay,
-            memory_format=self.memory_format,
+            memory_format=self.memory_format, compile=cfg.train.compile,
         )
 
     def _capture(self) -> None:

@@ -17,10 +17,11 @@ C-VF replaces the tied feedback by untied weights and the update by the local ve
     ΔW^b_n = (η/β) s_{n+1,t} (s_{n,t+1} − s_{n,t})ᵀ                                 (eq. C-VF)
 
 where W^b_n (`weight_backward`, same shape as W_n) carries s_{n+1} back to s_n as s_{n+1}·W^b_n.
-With `rule = "vector-field"` the update is the vector-field one of Scellier et al. 2018,
-Δθ = (η/β) (∂F/∂θ(x, s_t, θ_t))ᵀ (s_{t+1} − s_t) for the step s_{t+1} = F(x, s_t, θ_t): the same products
-with each post-synaptic change gated by the slope ρ'(a_t) of its neuron (eq. C-VF-vf), as in the
-authors' code.
+This ungated rule is the one of the authors' code (ernoult/continualEP `VFdisc.computeGradients`,
+and Laborieux et al.'s `VF_MLP`), and the default. With `rule = "vector-field"` the update is instead
+Δθ = (η/β) (∂F/∂θ(x, s_t, θ_t))ᵀ (s_{t+1} − s_t) for the step s_{t+1} = F(x, s_t, θ_t), the vector-field
+rule of Scellier et al. 2018 written for this discrete step: the same products with each post-synaptic
+change gated by the slope ρ'(a_t) of its neuron (eq. C-VF-vf). It is neurohw's option, not the authors'.
 """
 
 from __future__ import annotations

@@ -8,26 +8,55 @@ that every update stays local:
 (index n = 1…N counts the net's layers, `layers[n−1]`; s^0 = x; s^N is the net's output: the last
 state for "mse", the readout's logits for "ce_readout"). Each layer n ≥ 2 owns a feedback map G_n
 from s^n back to s^{n−1}, with the adjoint shape of the connection (a dense (in × out) matrix, or a
-transposed convolution after un-pooling with the clean pass's max-pool indices, passed explicitly):
+transposed convolution after un-pooling with max-pool indices passed explicitly):
 
-    G_n(t) = A_n(ρ_n(U_n(t))) + c_n                                                            (eq. DTP-G)
+    G_n(t; c) = A_n(ρ_n(U_n(t; c))) + c_n                                                      (eq. DTP-G)
 
-(the authors' construction, Ernoult et al. 2022: the reverse of the block conv → ρ → pool). Targets:
+(the authors' construction, Ernoult et al. 2022: the reverse of the block conv → ρ → pool; U_n puts t
+back on the convolution's grid at the arg-max positions c of a forward pass of F_n). Targets, always at
+the clean pass's indices c^n = c(s^{n−1}):
 
-    t^N = s^N − β ∇_{s^N} Σ_batch ℓ,   t^{n−1} = s^{n−1} + G_n(t^n) − G_n(s^n)                   (eq. DTP-t)
+    t^N = s^N − β ∇_{s^N} Σ_batch ℓ,   t^{n−1} = s^{n−1} + G_n(t^n; c^n) − G_n(s^n; c^n)          (eq. DTP-t)
 
 and the forward weights take one optimizer step on Σ_n ½‖s^n − t^n‖² (batch mean), whose gradient
 is written into `.grad` (eq. DTP-θ; with G_n the exact transpose of a linear net it equals β times
 the gradient of the mean loss). Before that step, per batch and layer n = 2…N in turn, G_n takes
 `fb_iters[n−2]` SGD steps (momentum `fb_momentum`, learning rate `fb_lrs[n−2]`) on one of
 
-* "ldrl" (Ernoult et al. 2022):   −2⟨ε, G(F(x+ε)) − G(F(x))⟩ + ‖G(F(x)+η) − G(F(x))‖²          (eq. L-DRL)
-* "drl"  (Meulemans et al. 2020): ‖x+ε − (x + G_n(r^n) − G_n(s^n))‖², r^n the difference-corrected
-  propagation (eq. DTP-t) of F_N∘…∘F_n(x+ε) down to layer n                                     (eq. DRL)
-* "dtp"  (Lee et al. 2015):       ‖x+ε − G(F(x+ε))‖²                                             (eq. DTP-rec)
+* "ldrl" (Ernoult et al. 2022):   −2⟨ε, G(F(x+ε); c_ε) − G(F(x); c)⟩ + ‖G(F(x)+η; c) − G(F(x); c)‖²   (eq. L-DRL)
+* "drl"  (Meulemans et al. 2020): ‖x+ε − (x + G_n(r^n; c^n) − G_n(s^n; c^n))‖², r^n the difference-
+  corrected propagation (eq. DTP-t, at the clean indices) of F_N∘…∘F_n(x+ε) down to layer n      (eq. DRL)
+* "dtp"  (Lee et al. 2015):       ‖x+ε − G(F(x+ε); c_ε)‖²                                         (eq. DTP-rec)
 
 with x = s^{n−1}, ε, η ~ N(0, σ_n²), σ_n = `fb_noise[n−2]`, drawn from the learner's own seeded
-generator (on the net's device); batch mean of the per-sample sums. G_1 is never needed nor trained.
+generator (on the net's device) in that order (ε, then η); batch mean of the per-sample sums. G_1 is
+never needed nor trained.
+
+Max-pool indices of the L-DRL and DTP losses (`fb_pool_indices`, eq. DTP-pool): c = the clean pass's
+indices (of F_n(x), the ones the targets use), c_ε = those of the noisy pass F_n(x+ε), whose output
+G(F(x+ε)) reconstructs.
+
+* "noisy" (the default; the authors' construction): as written above. Their `target_prop/
+  feedback_loss.py` (L-DRL) computes r = G(y) before the noisy forward pass, G(F(x+ε)) right after it
+  (at the noisy indices, handed over by the forward layer's shared "magic bridge"), then re-runs the
+  clean forward pass "since we can't pass the maxpool indices manually" before G(y+dy): the clean
+  indices serve only G(F(x)) and the η term; their legacy `layer_convpool.weight_b_train` does the same
+  with explicit indices. Their vanilla DTP (`vanilla_DTP_feedback_loss`) reconstructs G(F(x+ε)) right
+  after the noisy forward pass, hence at c_ε.
+* "clean": G(F(x+ε)) un-pools at c (c_ε → c above): the construction this library used before; kept
+  for comparison (docs/results.md §7).
+
+The two coincide for dense layers and for conv layers without a max-pool. DRL is not affected: its
+reconstruction is the target propagation (eq. DTP-t) of the noisy output, which un-pools at the clean
+indices as the targets do (Meulemans et al.'s `propagate_backward`, the operator their loss trains; the
+authors' DRL baseline is Meulemans et al.'s direct-feedback conv net, which does not un-pool at all);
+G_n never receives the noisy pass's own output F_n(x+ε) except at the output layer, which is dense here.
+
+Diagnostics (`epoch_metrics`, eq. DTP-angles): `angles_to_bp_deg` (per layer, (W_n, b_n) concatenated),
+`angles_to_bp_per_param_deg` (per layer, [angle of W_n, angle of b_n]: the authors' per-parameter
+comparison, `target_prop/callbacks.py`), `jacobian_angles_deg` (per feedback map, Jacobian probes) and
+`feedback_weight_angles_deg` (per feedback map, the angle between A_n and the forward weight W_n as the
+authors' `compute_dist_angle` takes it: W_nᵀ for a dense layer, the kernel itself for a conv layer).
 """
 
 from __future__ import annotations
@@ -47,6 +76,7 @@ from neurohw.nets.layered import LayeredNet
 from neurohw.nets.layers import Conv2d, Dense
 
 FEEDBACK_LOSSES = ("ldrl", "drl", "dtp")
+POOL_INDICES = ("noisy", "clean")  # learner.fb_pool_indices: the authors' construction first (the default)
 DIAGNOSTIC_PROBES = 4  # random probes per sample of the Jacobian-angle estimate
 
 
@@ -54,7 +84,7 @@ class Feedback(nn.Module):
     """G_n (eq. DTP-G): the adjoint-shaped map from a layer's output space back to its input space.
 
     Its parameters live on `device` with `dtype`; `forward(t, ctx)` takes the max-pool indices `ctx`
-    of the clean forward pass explicitly.
+    of a forward pass of F_n explicitly (the clean pass's for targets; eq. DTP-pool for the losses).
     """
 
     def __init__(self, layer: Dense | Conv2d, activation: Activation | None, generator: torch.Generator, device, dtype):
@@ -104,7 +134,7 @@ def _per_layer(key: str, values: Sequence, n: int) -> list:
 def _angle_deg(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.detach().flatten().double(), b.detach().flatten().double()
     cos = float((a @ b) / (a.norm() * b.norm()).clamp_min(1e-300))
-    return math.degrees(math.acos(max(-1.0, min(1.0, cos))))
+    return math.degrees(math.acos(max(-1.0, min(1.0, cos)))) if math.isfinite(cos) else math.nan  # NaN stays NaN, not 0°
 
 
 def _jvp(f, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
@@ -119,7 +149,9 @@ def _jvp(f, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 
 class DTP:
-    """DTP with learned feedback weights; `feedback` ∈ {"ldrl", "drl", "dtp"} selects the feedback loss.
+    """DTP with learned feedback weights; `feedback` ∈ {"ldrl", "drl", "dtp"} selects the feedback loss
+    and `fb_pool_indices` ∈ {"noisy", "clean"} the max-pool indices of G(F(x+ε)) in the L-DRL and DTP
+    losses (eq. DTP-pool; DRL always un-pools at the clean indices).
 
     Implements the Learner interface: `step` trains the feedback maps, then fills `.grad` of
     `net.param_list()` with the gradient of Σ_n ½‖s^n − t^n‖² and calls `apply()` once; `predict` is
@@ -136,6 +168,7 @@ class DTP:
         fb_noise: Sequence[float] = (0.1,),
         fb_lrs: Sequence[float] = (1e-3,),
         fb_momentum: float = 0.9,
+        fb_pool_indices: str = "noisy",
         seed: int = 0,
     ):
         if feedback not in FEEDBACK_LOSSES:
@@ -153,10 +186,13 @@ class DTP:
             raise ConfigError(f"learner.fb_lrs must be ≥ 0, got {list(fb_lrs)}")
         if not 0.0 <= fb_momentum < 1.0:
             raise ConfigError(f"learner.fb_momentum must be in [0, 1), got {fb_momentum}")
+        if fb_pool_indices not in POOL_INDICES:
+            raise ConfigError(f"learner.fb_pool_indices = '{fb_pool_indices}' is not valid; valid: {', '.join(POOL_INDICES)}")
         self.name = feedback
         self.beta, self.kind = float(beta), feedback
         self.fb_iters, self.fb_noise, self.fb_lrs = [int(k) for k in fb_iters], [float(s) for s in fb_noise], [float(lr) for lr in fb_lrs]
         self.fb_momentum, self.seed = float(fb_momentum), int(seed)
+        self.fb_pool_indices = fb_pool_indices  # eq. DTP-pool: "noisy" (the authors') or "clean"
         self.feedback: list[Feedback | None] | None = None  # aligned with net.layers; [0] is None
         self.optimizers: list[torch.optim.Optimizer | None] = []
         self.generator: torch.Generator | None = None
@@ -253,24 +289,30 @@ class DTP:
         return torch.randn(like.shape, generator=self.generator, device=like.device, dtype=like.dtype).mul_(sigma)
 
     def feedback_loss(self, net: LayeredNet, i: int, ins: list, outs: list, ctxs: list) -> torch.Tensor:
-        """The feedback loss of G of layer i (0-based, i ≥ 1) on one noise draw (eq. L-DRL, DRL, DTP-rec)."""
+        """The feedback loss of G of layer i (0-based, i ≥ 1) on one noise draw (eq. L-DRL, DRL, DTP-rec);
+        G(F(x+ε)) un-pools at the noisy pass's indices or at the clean ones (eq. DTP-pool)."""
         G, sigma = self.feedback[i], self._sigma[i]
         x, s, c = ins[i], outs[i], ctxs[i]
+        noisy = self.fb_pool_indices == "noisy"  # eq. DTP-pool (L-DRL and DTP; DRL un-pools at c)
         eps = self._noise(x, sigma)
         if self.kind == "ldrl":
             eta = self._noise(s, sigma)
             with torch.no_grad():
-                s_eps = self.layer_forward(net, i, x + eps)[0]
+                s_eps, c_eps = self.layer_forward(net, i, x + eps)
             r = G(s, c)
-            first = (eps * (G(s_eps, c) - r)).flatten(1).sum(1)
-            second = (G(s + eta, c) - r).pow(2).flatten(1).sum(1)
+            first = (eps * (G(s_eps, c_eps if noisy else c) - r)).flatten(1).sum(1)
+            second = (G(s + eta, c) - r).pow(2).flatten(1).sum(1)  # η is added to the clean output: clean indices
             return (second - 2.0 * first).mean()
         h = x + eps
         if self.kind == "dtp":
             with torch.no_grad():
-                s_eps = self.layer_forward(net, i, h)[0]
-            return (h - G(s_eps, c)).pow(2).flatten(1).sum(1).mean()
-        with torch.no_grad():  # drl: up to the output from the corrupted input, then back down to layer i
+                s_eps, c_eps = self.layer_forward(net, i, h)
+            return (h - G(s_eps, c_eps if noisy else c)).pow(2).flatten(1).sum(1).mean()
+        # drl: up to the output from the corrupted input, then back down to layer i by eq. DTP-t, the
+        # operator DRL trains, at the clean indices as for the targets (fb_pool_indices does not apply:
+        # G is applied to propagated targets, never to the noisy pass's own output F_n(x+ε) with n < N,
+        # and this library's output layer N has no pooling)
+        with torch.no_grad():
             v = h
             for k in range(i, len(net.layers)):
                 v = self.layer_forward(net, k, v)[0]
@@ -328,10 +370,19 @@ class DTP:
         return net.output(net.feedforward(x))
 
     # --------------------------------------------------------------------------- diagnostics
-    def epoch_metrics(self, net: LayeredNet, x: torch.Tensor, y: torch.Tensor) -> dict[str, list[float]]:
-        """Per layer, the angle between the DTP update / β and the BP gradient of the mean loss on
-        (x, y) (`angles_to_bp_deg`, layers 1…N), and per feedback map G_n the angle between its
-        Jacobian and F_n's transposed Jacobian (`jacobian_angles_deg`, layers 2…N; eq. DTP-angles).
+    def epoch_metrics(self, net: LayeredNet, x: torch.Tensor, y: torch.Tensor) -> dict[str, list]:
+        """The angles of eq. DTP-angles on (x, y), in degrees:
+
+        * `angles_to_bp_deg` (layers 1…N): the DTP update / β against the BP gradient of the mean loss,
+          each layer's (W_n, b_n) flattened and concatenated;
+        * `angles_to_bp_per_param_deg` (layers 1…N): [angle of W_n, angle of b_n], each parameter
+          compared separately, as the authors' `CompareToBackpropCallback` does (there at β = 0.005;
+          here at the learner's β, the update that is applied);
+        * `jacobian_angles_deg` (layers 2…N): G_n's Jacobian against F_n's transposed Jacobian (probes);
+        * `feedback_weight_angles_deg` (layers 2…N): A_n against the forward weight, as the authors'
+          `compute_dist_angle` (`target_prop/metrics.py`): ∠(W_n, A_nᵀ) for a dense layer, ∠(W_n, A_n)
+          for a conv layer (the transposed convolution's kernel has W_n's layout), flattened.
+
         Changes nothing and draws no number from the training generator."""
         net.check_batch(x, y)
         self.setup(net)
@@ -339,13 +390,26 @@ class DTP:
         with torch.enable_grad():
             bp = torch.autograd.grad(net.loss(net.feedforward(x), y).mean(), params)
             outs, ctxs = self.forward(net, x)
-        dtp = self.update(net, outs, ctxs, y)
-        angles = [
-            _angle_deg(torch.cat([dtp[2 * i].flatten(), dtp[2 * i + 1]]) / self.beta, torch.cat([bp[2 * i].flatten(), bp[2 * i + 1]]))
-            for i in range(len(net.layers))
-        ]
+        dtp = [g / self.beta for g in self.update(net, outs, ctxs, y)]
+        n = len(net.layers)
+        angles = [_angle_deg(torch.cat([dtp[2 * i].flatten(), dtp[2 * i + 1]]), torch.cat([bp[2 * i].flatten(), bp[2 * i + 1]])) for i in range(n)]
+        per_param = [[_angle_deg(dtp[2 * i], bp[2 * i]), _angle_deg(dtp[2 * i + 1], bp[2 * i + 1])] for i in range(n)]
         outs = [o.detach() for o in outs]
-        return {"angles_to_bp_deg": angles, "jacobian_angles_deg": self.jacobian_angles_deg(net, [x, *outs[:-1]], outs, ctxs)}
+        return {
+            "angles_to_bp_deg": angles,
+            "angles_to_bp_per_param_deg": per_param,
+            "jacobian_angles_deg": self.jacobian_angles_deg(net, [x, *outs[:-1]], outs, ctxs),
+            "feedback_weight_angles_deg": self.feedback_weight_angles_deg(net),
+        }
+
+    def feedback_weight_angles_deg(self, net: LayeredNet) -> list[float]:
+        """∠(W_n, A_nᵀ) (dense) or ∠(W_n, A_n) (conv), flattened, for n = 2…N (eq. DTP-angles)."""
+        self.setup(net)
+        out = []
+        for i in range(1, len(net.layers)):
+            W, A = net.layers[i].weight, self.feedback[i].weight
+            out.append(_angle_deg(W, A.t() if isinstance(net.layers[i], Dense) else A))
+        return out
 
     def jacobian_angles_deg(self, net: LayeredNet, ins: list, outs: list, ctxs: list) -> list[float]:
         """arccos(⟨J_G, J_Fᵀ⟩ / ‖J_G‖‖J_F‖) per feedback map, Frobenius products summed over the batch
@@ -366,7 +430,7 @@ class DTP:
                 sq_f += float(jf.pow(2).sum())
                 sq_g += float(jg_t.pow(2).sum())
             cos = dot / max(math.sqrt(sq_f * sq_g), 1e-300)
-            out.append(math.degrees(math.acos(max(-1.0, min(1.0, cos)))))
+            out.append(math.degrees(math.acos(max(-1.0, min(1.0, cos)))) if math.isfinite(cos) else math.nan)
         return out
 
     # ----------------------------------------------------------------------------- state
