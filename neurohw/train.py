@@ -19,42 +19,26 @@ conv nets). On CUDA the update of ep/cep/cvf runs as a captured CUDA graph (neur
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-import platform
-import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from neurohw import __version__
 from neurohw.config import CONTINUAL, RunConfig, to_dict, to_toml
 from neurohw.data import Preprocess, Splits, augment, draw_augment, limit_splits, load_splits, one_hot
 from neurohw.distributed import DistContext
-from neurohw.errors import CheckpointError, ConfigError, DivergenceError
-from neurohw.io.atomic import write_text, write_with
+from neurohw.errors import ConfigError, DivergenceError
 from neurohw.learning import Learner, build_learner, set_initial_angle, weight_angles_deg
 from neurohw.learning.cep import ContinualDecay
 from neurohw.nets.build import build_net
 from neurohw.nets.layered import LayeredNet
 from neurohw.program import CAPTURED_LEARNERS, UpdateProgram, draw_epoch
+from neurohw.runs import (  # noqa: F401  (RunDir, load_checkpoint and majority_error: the train module's API)
+    Run, RunDir, RunState, learning_warnings, load_checkpoint, majority_error, progress_bar,
+)
 
-CHECKPOINT_FORMAT = "neurohw-checkpoint"
-CHECKPOINT_VERSION = 1
-# keys that may differ between a checkpoint's config and the config it is resumed with (the span of a
-# cosine schedule, cosine_epochs or epochs, must stay the same: `check_extension`)
-RESUMABLE_CHANGES = {
-    ("train", "epochs"), ("train", "cosine_epochs"), ("train", "patience"), ("train", "eval_batch_size"), ("device",),
-}
-# a run is said not to learn when an error is within this many points of the majority-class error, or
-# when its training loss exceeds this factor times its lowest value so far (docs/results.md §1 shows
-# healthy runs: their loss never rises above 1.5× its minimum before a collapse)
-CHANCE_MARGIN = 0.10
 FLAG_CHECK_EVERY = 100  # batches between two reads of the captured update's non-finite flags
-LOSS_RISE_FACTOR = 2.0
 
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
@@ -110,70 +94,6 @@ def evaluate(
     return float(ctx.sum(wrong)) / max(n, 1)
 
 
-# ------------------------------------------------------------------------------------ run dir
-class RunDir:
-    """The files of a run directory (attributes config, metrics, checkpoint, best, summary)."""
-
-    FILES = {
-        "config": "config.toml",
-        "metrics": "metrics.jsonl",
-        "checkpoint": "checkpoint.pt",
-        "best": "best.pt",
-        "summary": "summary.json",
-    }
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        for attr, name in self.FILES.items():
-            setattr(self, attr, self.root / name)
-
-    def artefacts(self) -> list[Path]:
-        return [self.root / name for name in self.FILES.values()]
-
-
-@dataclass
-class TrainState:
-    epoch: int = 0
-    best_val: float = math.inf
-    best_epoch: int = 0
-    best_test: float = math.nan
-    history: list[dict[str, Any]] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-
-STATE_KEYS = ("epoch", "best_val", "best_epoch", "best_test", "history", "warnings")
-
-
-def check_extension(old: dict[str, Any], cfg: RunConfig) -> None:
-    """Refuse a resume whose train.epochs / cosine_epochs would change the learning-rate schedule of
-    the epochs already trained, or extend a cosine schedule that ended at learning rate 0.
-
-    The cosine schedule anneals from train.lrs to train.lr_min over its span S = cosine_epochs (0:
-    epochs), then stays at lr_min. Extending a run keeps S (pass train.cosine_epochs = S when S came
-    from train.epochs); the extra epochs then train at lr_min, which must be > 0.
-    """
-    t_old, t_new = old["train"], cfg.train
-    if t_new.scheduler != "cosine":
-        return
-    span_old = t_old["cosine_epochs"] or t_old["epochs"]
-    span_new = t_new.cosine_epochs or t_new.epochs
-    if span_new != span_old:
-        how = f"train.cosine_epochs = {t_old['cosine_epochs']}" if t_old["cosine_epochs"] else \
-            f"train.cosine_epochs = 0, so it spans train.epochs = {t_old['epochs']}"
-        raise CheckpointError(
-            f"--resume with train.epochs = {t_new.epochs}, train.cosine_epochs = {t_new.cosine_epochs}: the run's "
-            f"cosine schedule anneals over {span_old} epochs ({how}); a span of {span_new} epochs would change the "
-            f"learning rates of the epochs already trained. To train on after the annealing at the constant "
-            f"train.lr_min, add train.cosine_epochs={span_old}; to anneal over {t_new.epochs} epochs, start a new run"
-        )
-    if t_new.epochs > span_old and t_new.lr_min == 0.0:
-        raise CheckpointError(
-            f"--resume with train.epochs = {t_new.epochs}: the run's cosine schedule ends at epoch {span_old} with "
-            f"train.lr_min = 0, so epochs {span_old + 1}…{t_new.epochs} would train at learning rate 0 and change "
-            f"nothing; start a new run with train.epochs = {t_new.epochs} instead"
-        )
-
-
 @contextlib.contextmanager
 def device_settings(device: torch.device, precision: str, *, conv: bool):
     """The CUDA math settings of a run, restored afterwards: TF32 tensor-core products for
@@ -192,60 +112,6 @@ def device_settings(device: torch.device, precision: str, *, conv: bool):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
 
 
-def majority_error(labels: torch.Tensor, n_classes: int) -> float:
-    """The error of always predicting the most frequent class of `labels` (1 − 1/K when balanced)."""
-    if len(labels) == 0:
-        return math.nan
-    counts = torch.bincount(labels.long(), minlength=n_classes)
-    return 1.0 - float(counts.max()) / len(labels)
-
-
-def _config_diff(a: dict, b: dict, prefix: tuple = ()) -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        key = (*prefix, k)
-        va, vb = a.get(k), b.get(k)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            out += _config_diff(va, vb, key)
-        elif va != vb and key not in RESUMABLE_CHANGES:
-            out.append(f"{'.'.join(key)}: checkpoint {va!r}, now {vb!r}")
-    return out
-
-
-def load_checkpoint(path: Path, map_location: torch.device | str = "cpu") -> dict[str, Any]:
-    """A checkpoint written by `train`; CheckpointError names the file if it is missing or corrupt."""
-    if not path.exists():
-        raise CheckpointError(f"no checkpoint at '{path}'")
-    try:
-        ck = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"checkpoint '{path}' is corrupt or unreadable: {type(e).__name__}: {e}") from None
-    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"'{path}' is not a neurohw checkpoint (no format = '{CHECKPOINT_FORMAT}')")
-    if ck.get("version") != CHECKPOINT_VERSION:
-        raise CheckpointError(f"checkpoint '{path}' has version {ck.get('version')}, this neurohw reads {CHECKPOINT_VERSION}")
-    for key in ("config", "epoch", "net", "optimizer", "learner", "generators", "state"):
-        if key not in ck:
-            raise CheckpointError(f"checkpoint '{path}' lacks the entry '{key}'")
-    return ck
-
-
-def _prepare_run_dir(run: RunDir, resume: bool, overwrite: bool) -> None:
-    if resume:
-        if not run.checkpoint.exists():
-            raise CheckpointError(f"--resume: no checkpoint at '{run.checkpoint}'")
-        return
-    existing = [p for p in run.artefacts() if p.exists()]
-    if existing and not overwrite:
-        raise CheckpointError(
-            f"run directory '{run.root}' already holds a run ({existing[0].name}); "
-            "pass --resume to continue it, --overwrite to replace it, or another --out"
-        )
-    for p in existing:
-        p.unlink()
-    run.root.mkdir(parents=True, exist_ok=True)
-
-
 # --------------------------------------------------------------------------------------- train
 class Trainer:
     """One training run: set-up (or resume), epochs, checkpoints, summary. `train()` drives it."""
@@ -259,14 +125,13 @@ class Trainer:
         self.ctx = ctx = DistContext.from_env(want)
         self.device = resolve_device(cfg.device, ctx.local_rank)
         self.dtype = getattr(torch, cfg.dtype)
-        self.run = RunDir(out)
         if cfg.train.batch_size % ctx.world_size:
             raise ConfigError(f"train.batch_size = {cfg.train.batch_size} is not divisible by the {ctx.world_size} processes")
-        if ctx.is_main:
-            _prepare_run_dir(self.run, resume, overwrite)
-        ctx.barrier()
         self.say = log if (log is not None and ctx.is_main) else (lambda _: None)
         self.progress = progress and ctx.is_main
+        self.run = Run(out, to_dict(cfg), to_toml(cfg), epochs=cfg.train.epochs, patience=cfg.train.patience, resume=resume,
+                       overwrite=overwrite, is_main=ctx.is_main, say=log, notes=notes,
+                       keys=("net", "optimizer", "learner", "generators"))
 
         if splits is None:
             splits = load_splits(cfg.data, data_dir)
@@ -297,22 +162,27 @@ class Trainer:
             name: majority_error(split.labels, self.info.n_classes)
             for name, split in (("train", self.train_split), ("val", self.val_split))
         }
-        self.state = TrainState(warnings=list(notes))
-        for note in notes:
-            self.say(f"warning: {note}")
-        if resume:
-            self._resume()
+        ck = self.run.load(self.device)
+        if ck is not None:
+            self.load_checkpoint_state(ck)
         self._captured = False
         self.program = self._build_program(use_program)  # after resume: it holds the optimizer's state tensors
-        if ctx.is_main:
-            write_text(self.run.config, to_toml(cfg))
 
-    def _resume(self) -> None:
-        ck = load_checkpoint(self.run.checkpoint, self.device)
-        diff = _config_diff(ck["config"], to_dict(self.cfg))
-        if diff:
-            raise CheckpointError(f"--resume: the config differs from the checkpoint's in {'; '.join(diff)}")
-        check_extension(ck["config"], self.cfg)
+    @property
+    def state(self):
+        return self.run.state
+
+    # ------------------------------------------------------------------- the EpochSource of Run
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "net": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "learner": self.learner.state_dict(),
+            "generators": {"shuffle": self.shuffle_gen.get_state(), "augment": self.augment_gen.get_state()},
+        }
+
+    def load_checkpoint_state(self, ck: dict[str, Any]) -> None:
         self.net.load_state_dict(ck["net"])
         self.optimizer.load_state_dict(ck["optimizer"])
         if self.scheduler is not None:
@@ -320,10 +190,39 @@ class Trainer:
         self.learner.load_state_dict(ck["learner"])
         self.shuffle_gen.set_state(ck["generators"]["shuffle"].cpu())
         self.augment_gen.set_state(ck["generators"]["augment"].cpu())
-        self.state = TrainState(**ck["state"])
-        if self.ctx.is_main:  # drop the lines of an epoch that never reached its checkpoint
-            write_text(self.run.metrics, "".join(json.dumps(line) + "\n" for line in self.state.history))
-        self.say(f"resumed '{self.run.root}' after epoch {self.state.epoch}")
+
+    def best_state(self) -> dict[str, Any]:
+        return {"net": self.net.state_dict()}
+
+    def error(self, split: str) -> float:
+        data = self.val_split if split == "val" else self.test_split
+        if not len(data):
+            return math.nan
+        return evaluate(self.learner, self.net, data, self.preprocess, self.cfg.train.eval_batch_size, self.ctx)
+
+    def epoch_metrics(self, epoch: int) -> dict[str, Any]:
+        line: dict[str, Any] = {"lrs": [g["lr"] for g in self.optimizer.param_groups]}
+        if not self.net.symmetric:
+            line["weight_angles_deg"] = weight_angles_deg(self.net)
+        epoch_metrics = getattr(self.learner, "epoch_metrics", None)
+        if epoch_metrics is not None and self.ctx.is_main:  # learner diagnostics (DTP's angles to BP)
+            line.update(epoch_metrics(self.net, *self.diagnostic_batch()))
+        return line
+
+    def end_epoch(self, epoch: int) -> None:
+        if self.scheduler is not None and epoch < (self.cfg.train.cosine_epochs or self.cfg.train.epochs):
+            self.scheduler.step()
+
+    def summary_extras(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {
+            "algorithm": cfg.learner.algorithm,
+            "estimator": cfg.learner.estimator if cfg.learner.algorithm in ("ep", "cep", "cvf") else None,
+            "device": str(self.device),
+            "update": self.update_kind(),
+            "dtype": cfg.dtype,
+            "world_size": self.ctx.world_size,
+        }
 
     def _apply(self) -> None:
         self.ctx.average_grads(self.params)
@@ -453,30 +352,6 @@ class Trainer:
         x = self.preprocess.float_images(images).reshape(images.shape[0], *self.net.input_shape)
         return x, one_hot(labels, self.info.n_classes, self.dtype)
 
-    def save(self, epoch: int, line: dict[str, Any], improved: bool) -> None:
-        """Append the epoch's metrics line; write best.pt if improved and the checkpoint (atomically)."""
-        if not self.ctx.is_main:
-            return
-        with open(self.run.metrics, "a") as f:
-            f.write(json.dumps(line) + "\n")
-        net_state = self.net.state_dict()
-        if improved:
-            write_with(self.run.best, lambda f: torch.save({"epoch": epoch + 1, "net": net_state}, f))
-        checkpoint = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "neurohw_version": __version__,
-            "config": to_dict(self.cfg),
-            "epoch": epoch + 1,
-            "net": net_state,
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "learner": self.learner.state_dict(),
-            "generators": {"shuffle": self.shuffle_gen.get_state(), "augment": self.augment_gen.get_state()},
-            "state": {k: getattr(self.state, k) for k in STATE_KEYS},
-        }
-        write_with(self.run.checkpoint, lambda f: torch.save(checkpoint, f))
-
     def update_kind(self) -> str:
         """How each batch's update ran: "cuda graph", "program" (the static update, eager) or "eager"."""
         if self.program is None:
@@ -484,133 +359,19 @@ class Trainer:
         return "cuda graph" if self.program.graph is not None else "program"
 
     def learning_warnings(self, line: dict[str, Any]) -> list[str]:
-        """Warnings that the epoch of `line` shows a run that does not learn (see CHANCE_MARGIN)."""
-        out, e = [], line["epoch"]
-        lrs = "[" + ", ".join(f"{lr:g}" for lr in self.cfg.train.lrs) + "]"
-        near = [
-            f"the {name} error {100 * line[key]:.1f} % (majority class: {100 * self.majority[split]:.1f} %)"
-            for name, key, split in (("training", "train_error", "train"), ("validation", "val_error", "val"))
-            if line[key] > self.majority[split] - CHANCE_MARGIN  # NaN (no validation split) never warns
-        ]
-        if near:
-            out.append(
-                f"epoch {e}: {' and '.join(near)} within {100 * CHANCE_MARGIN:.0f} points of always answering the "
-                f"majority class: the net is not learning. Likely causes: train.lrs = {lrs} too large (the weights "
-                "jump and the states saturate) or too small, learner.beta too small, or too few relaxation steps "
-                "(learner.T_free) for the dynamics to settle"
-            )
-        earlier = [h["train_loss"] for h in self.state.history[:-1]]
-        if earlier and line["train_loss"] > LOSS_RISE_FACTOR * min(earlier):
-            k = min(range(len(earlier)), key=lambda i: earlier[i])
-            out.append(
-                f"epoch {e}: the training loss {line['train_loss']:.4g} is more than {LOSS_RISE_FACTOR:g}× its lowest "
-                f"value {earlier[k]:.4g} (epoch {k + 1}): training is diverging. Likely cause: learning rates too large "
-                f"for this stage of training (train.lrs = {lrs}, lrs this epoch {[round(lr, 6) for lr in line['lrs']]})"
-            )
-        return out
+        """Warnings that the epoch of `line` shows a run that does not learn (runs.learning_warnings)."""
+        return learning_warnings(line, self.state.history[:-1], self.majority, self.cfg.train.lrs)
 
     def finished(self) -> str | None:
-        """Why there is nothing left to train (run complete, or stopped by patience), or None."""
-        cfg, state = self.cfg, self.state
-        if state.epoch >= cfg.train.epochs:
-            return (
-                f"'{self.run.root}' is already complete: {state.epoch} of train.epochs = {cfg.train.epochs} epochs trained; "
-                "nothing to do (to train longer: --resume with a larger train.epochs)"
-            )
-        stale = state.epoch - state.best_epoch
-        if cfg.train.patience and state.epoch and stale >= cfg.train.patience:
-            return (
-                f"'{self.run.root}' stopped early after epoch {state.epoch}: no better validation error for {stale} epochs "
-                f"(train.patience = {cfg.train.patience}); nothing to do (to go on: --resume with a larger train.patience)"
-            )
-        return None
+        return self.run.finished()
 
     def fit(self) -> dict[str, Any]:
+        self.run.start()
+        self.ctx.barrier()
         with device_settings(self.device, self.cfg.train.precision, conv=self.memory_format is not None):
-            return self._fit()
-
-    def _fit(self) -> dict[str, Any]:
-        cfg, state = self.cfg, self.state
-        wall_start = time.perf_counter()
-        done = self.finished()
-        if done is not None:
-            self.say(done)
-            return self.summary(0.0)
-        for epoch in range(state.epoch, cfg.train.epochs):
-            t0 = time.perf_counter()
-            train_loss, train_error, n_seen = self.train_epoch(epoch)
-            train_wall = time.perf_counter() - t0
-            ev = lambda split: evaluate(self.learner, self.net, split, self.preprocess, cfg.train.eval_batch_size, self.ctx)
-            val_error = ev(self.val_split) if len(self.val_split) else math.nan
-            test_error = ev(self.test_split)
-            lrs = [g["lr"] for g in self.optimizer.param_groups]
-            if self.scheduler is not None and epoch < (cfg.train.cosine_epochs or cfg.train.epochs):
-                self.scheduler.step()
-            line = {
-                "epoch": epoch + 1,
-                "train_error": train_error,
-                "train_loss": train_loss,
-                "val_error": val_error,
-                "test_error": test_error,
-                "wall_s": time.perf_counter() - t0,
-                "samples_per_s": n_seen / train_wall,
-                "lrs": lrs,
-            }
-            if not self.net.symmetric:
-                line["weight_angles_deg"] = weight_angles_deg(self.net)
-            epoch_metrics = getattr(self.learner, "epoch_metrics", None)
-            if epoch_metrics is not None and self.ctx.is_main:  # learner diagnostics (DTP's angles to BP)
-                line.update(epoch_metrics(self.net, *self.diagnostic_batch()))
-            state.epoch = epoch + 1
-            state.history.append(line)
-            warnings = self.learning_warnings(line)
-            if warnings:
-                line["warnings"] = warnings
-                state.warnings.extend(warnings)
-            improved = not (val_error >= state.best_val)  # NaN val (val_size = 0) selects the last epoch
-            if improved:
-                state.best_val, state.best_epoch, state.best_test = val_error, epoch + 1, test_error
-            self.save(epoch, line, improved)
-            self.say(
-                f"epoch {epoch + 1:3d}/{cfg.train.epochs}  train {100 * train_error:6.2f} %  val {100 * val_error:6.2f} %  "
-                f"test {100 * test_error:6.2f} %  {line['wall_s']:7.1f} s  {line['samples_per_s']:8.0f} samples/s"
-            )
-            for w in warnings:
-                self.say(f"warning: {w}")
-            stale = state.epoch - state.best_epoch  # epochs since the best validation error
-            if cfg.train.patience and stale >= cfg.train.patience:
-                self.say(f"early stop: no better validation error for {stale} epochs")
-                break
-        return self.summary(time.perf_counter() - wall_start)
-
-    def summary(self, wall_s: float) -> dict[str, Any]:
-        cfg, state = self.cfg, self.state
-        summary = {
-            "run": str(self.run.root),
-            "algorithm": cfg.learner.algorithm,
-            "estimator": cfg.learner.estimator if cfg.learner.algorithm in ("ep", "cep", "cvf") else None,
-            "epochs": state.epoch,
-            "best_epoch": state.best_epoch,
-            "val_error": state.best_val,
-            "test_error": state.best_test,
-            "final": state.history[-1] if state.history else None,
-            "warnings": list(state.warnings),
-            "wall_s_this_session": wall_s,
-            "wall_s_total": sum(h["wall_s"] for h in state.history),
-            "device": str(self.device),
-            "update": self.update_kind(),
-            "dtype": cfg.dtype,
-            "world_size": self.ctx.world_size,
-            "machine": f"{platform.node()} {platform.machine()} {platform.processor() or ''}".strip(),
-            "torch": torch.__version__,
-            "threads": torch.get_num_threads(),
-            "python": sys.version.split()[0],
-            "neurohw": __version__,
-            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
-        if self.ctx.is_main:
-            write_text(self.run.summary, json.dumps(summary, indent=2) + "\n")
-        return summary
+            warn = lambda line, earlier: learning_warnings(line, earlier, self.majority, self.cfg.train.lrs)
+            wall = self.run.fit(self, warn)
+        return self.run.summary(wall, self.summary_extras())
 
 
 def train(
@@ -638,9 +399,4 @@ def train(
     return trainer.fit()
 
 
-def _progress(total: int, desc: str, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True, disable=None)
+_progress = progress_bar

@@ -195,3 +195,47 @@ def test_cli_prints_config_warnings_once_and_records_them(tmp_path, capsys):
     err = capsys.readouterr()
     assert (err.out + err.err).count("net.nudge") == 1
     assert any("net.nudge" in w for w in json.loads((out / "summary.json").read_text())["warnings"])
+
+
+# ------------------------------------------------------------------------------ runs that fail early
+def test_a_config_error_leaves_no_folder(tmp_path, mnist_small):
+    """The finding: a run refused at set-up left a folder behind, which then blocked the rerun."""
+    cfg = load_config(MODELS / "mnist_ep_fc1.toml", TINY + ["train.lrs=[0.1, 0.1, 0.1]"])  # 3 rates for 2 layers
+    with pytest.raises(ConfigError, match="train.lrs has 3 values"):
+        train(cfg, tmp_path / "bad", splits=mnist_small, progress=False, log=None)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_run_that_fails_in_its_first_epoch_resumes_from_scratch(tmp_path, mnist_small, monkeypatch):
+    """The finding: the folder held only config.toml; rerunning said 'pass --resume' and --resume said
+    'no checkpoint'. Now the rerun's message says what happened, and --resume starts it again."""
+    import neurohw.learning.ep as ep_module
+
+    run = tmp_path / "r"
+    cfg = load_config(MODELS / "mnist_ep_fc1.toml", TINY + ["train.epochs=1"])
+    real = ep_module.EP.step
+    monkeypatch.setattr(ep_module.EP, "step", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, run, splits=mnist_small, progress=False, log=None)
+    monkeypatch.setattr(ep_module.EP, "step", real)
+    assert sorted(p.name for p in run.iterdir()) == ["config.toml"]
+    with pytest.raises(CheckpointError, match="stopped before its first epoch finished; pass --resume"):
+        train(cfg, run, splits=mnist_small, progress=False, log=None)
+    said = []
+    summary = train(load_config(run / "config.toml"), run, resume=True, splits=mnist_small, progress=False, log=said.append)
+    assert any("starting it from scratch" in s for s in said) and summary["epochs"] == 1
+    fresh = train(cfg, tmp_path / "fresh", splits=mnist_small, progress=False, log=None)
+    assert summary["test_error"] == fresh["test_error"]  # from scratch means from scratch
+    with pytest.raises(CheckpointError, match="holds no run"):
+        train(cfg, tmp_path / "nothing", resume=True, splits=mnist_small, progress=False, log=None)
+
+
+def test_a_corrupt_checkpoint_is_one_line_without_torchs_unsafe_advice(tmp_path, mnist_small):
+    run = tmp_path / "c"
+    cfg = load_config(MODELS / "mnist_ep_fc1.toml", TINY + ["train.epochs=1"])
+    train(cfg, run, splits=mnist_small, progress=False, log=None)
+    (run / "checkpoint.pt").write_bytes(b"garbage" * 100)
+    with pytest.raises(CheckpointError) as e:
+        train(cfg, run, resume=True, splits=mnist_small, progress=False, log=None)
+    msg = str(e.value)
+    assert "corrupt" in msg and "weights_only" not in msg and "\n" not in msg
