@@ -47,10 +47,22 @@ def test_random_sign_is_one_sided_with_a_drawn_sign():
 
 def test_nonlinear_activation_agrees_approximately():
     """With ρ = tanh the step ρ(∂Φ/∂s) is not the gradient map of Φ, so the match is approximate
-    (Ernoult et al. 2019 observe the same): the signs still agree almost everywhere."""
+    (Ernoult et al. 2019 observe the same): the signs still agree almost everywhere.
+
+    Measured (float64, the default GDU net, β = 1e-3; 8e027bf and a7d08b0): the neural updates differ
+    from BPTT's by 4.45e-2 (layer 1), 1.24e-2 and 1.15e-2 (‖ΔEP − ΔBPTT‖/‖ΔBPTT‖); this is the
+    non-gradient part, unchanged at β = 1e-4 (4.45e-2). The weight and bias updates differ by
+    1.01e-3…1.24e-3, the O(β) term (1.0e-4…1.2e-4 at β = 1e-4). Signs agree on 99.916 % of the entries
+    of the worst tensor (W1: 5 of 5,972 differ; 6 of 11,306 in all, the other in W2). Bounds with a
+    stated margin: neural error < 5.5e-2 (1.23× the measured 4.45e-2), weight/bias error < 2e-3 (1.6×
+    the measured 1.24e-3), every tensor's sign agreement > 99.8 % (2.4× the measured disagreement).
+    A wrong sign, a missing 1/β or a wrong state breaks all three by orders of magnitude."""
     result = compute_gdu(gdu_config(["activation=tanh", "beta=1e-3"]))
-    assert result.max_relative_error() < 0.1
-    assert min(result.sign_agreement().values()) > 0.97
+    assert result.converged < 1e-14
+    errors = result.relative_errors()
+    assert result.max_relative_error() < 5.5e-2, errors
+    assert max(e for k, e in errors.items() if not k.startswith("s")) < 2e-3, errors
+    assert min(result.sign_agreement().values()) > 0.998, result.sign_agreement()
 
 
 def test_gdu_file_layout_and_signs(tmp_path):

@@ -46,9 +46,14 @@ def test_elu_in_every_form():
 
 @pytest.mark.parametrize("kind", ["ldrl", "drl", "dtp"])
 def test_mnist_dtp_card_runs_and_logs_angles(kind, tmp_path, mnist_small):
-    summary = run_card("mnist_dtp_mlp", tmp_path, FAST + [f"learner.algorithm={kind}"], mnist_small)
+    """One short epoch of the card on real MNIST (10 batches of the card's 128, 3 feedback iterations):
+    the test error falls clearly below chance (0.9). Measured on 100 test samples (8e027bf, a7d08b0):
+    L-DRL 0.57, DRL 0.53, DTP 0.59; the bound 0.75 leaves ≥ 0.16 and catches a learner whose forward
+    update does not descend. (Vanilla DTP diverges on this card in batches of 32 within 20 batches.)"""
+    learn = ["data.limit_train=1280", "train.batch_size=128", "data.limit_eval=100"]
+    summary = run_card("mnist_dtp_mlp", tmp_path, FAST + learn + [f"learner.algorithm={kind}"], mnist_small)
     line = json.loads((tmp_path / "metrics.jsonl").read_text())
-    assert summary["algorithm"] == kind and 0.0 <= line["test_error"] <= 1.0
+    assert summary["algorithm"] == kind and line["test_error"] < 0.75
     assert len(line["angles_to_bp_deg"]) == 4 and len(line["jacobian_angles_deg"]) == 3
     assert line["angles_to_bp_deg"][-1] < 1e-2  # the readout's update is β × its BP gradient
     assert all(0.0 <= a <= 180.0 for a in line["angles_to_bp_deg"] + line["jacobian_angles_deg"])
