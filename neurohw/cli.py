@@ -1,4 +1,4 @@
-"""Command line: `neurohw train | gdu | bench | export | inspect | validate | import-conductances | keys`
+"""Command line: `neurohw train | gdu | bench | export | inspect | validate | import-conductances | keys | data-info`
 (also `python -m neurohw`, and under torchrun).
 
 Errors that neurohw raises on bad input are printed as one line `neurohw: error: …` with exit
@@ -27,27 +27,40 @@ def _split_card_and_overrides(items: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    card, overrides = _split_card_and_overrides(args.items)
+    return _train_card(args, card, overrides, "neurohw train needs a model card, e.g. `neurohw train models/mnist_ep_fc1.toml`")
+
+
+def _train_card(args: argparse.Namespace, card: str | None, overrides: list[str], missing: str, tables=None,
+                insitu: bool = False) -> int:
+    """`neurohw train` and `neurohw insitu`: load the card (or, with --resume and no card, the run's
+    config.toml), train into --out (default runs/<card name>), print the selected epoch."""
     from neurohw.config import load_config
     from neurohw.errors import ConfigError
     from neurohw.train import train
 
-    card, overrides = _split_card_and_overrides(args.items)
     if args.resume and not args.out:
         raise ConfigError("--resume needs --out, the run directory to continue")
     if card is None and args.resume:
         card = str(Path(args.out) / "config.toml")
     if card is None:
-        raise ConfigError("neurohw train needs a model card, e.g. `neurohw train models/mnist_ep_fc1.toml`")
+        raise ConfigError(missing)
+    if Path(card).is_dir():
+        raise ConfigError(f"'{card}' is a directory, not a card (e.g. {Path(card) / 'mnist_ep_fc1.toml'})")
     notes: list[str] = []
-    cfg = load_config(card, overrides, notes=notes)
+    cfg = load_config(card, overrides, notes=notes, tables=tables)
+    if insitu and not hasattr(cfg, "pulsed"):
+        raise ConfigError(f"'{card}' is not an in-situ card (no [pulsed], [update], [substrate] or [insitu] table); "
+                          "train it with `neurohw train`")
     out = args.out or str(Path("runs") / Path(card).stem)
     summary = train(
         cfg, out, resume=args.resume, overwrite=args.overwrite, data_dir=args.data_dir, progress=not args.no_progress,
         notes=notes,
     )
+    pulses = f", {summary['pulses']} pulses" if "pulses" in summary else ""
     print(
         f"{Path(out)}: best epoch {summary['best_epoch']} by validation error "
-        f"({100 * summary['val_error']:.2f} %): test error {100 * summary['test_error']:.2f} %"
+        f"({100 * summary['val_error']:.2f} %): test error {100 * summary['test_error']:.2f} %{pulses}"
     )
     return 0
 
@@ -166,19 +179,38 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def cmd_insitu(args: argparse.Namespace) -> int:
-    from neurohw.substrates.analog.insitu import InSituTrainer, load_insitu
+    from neurohw.config import read_toml
+    from neurohw.errors import ConfigError
 
-    sc = load_insitu(args.card, args.overrides, args.pulsed)
-    summary = InSituTrainer(sc, args.out, args.data_dir).fit(resume=args.resume)
-    print(f"{args.out}: best epoch {summary['best_epoch']} by validation error ({100 * summary['val_error']:.2f} %): "
-          f"test error {100 * summary['test_error']:.2f} %, {summary['pulses']} pulses")
-    return 0
+    card, overrides = _split_card_and_overrides(args.items)
+    tables = None
+    if args.pulsed:
+        device = read_toml(args.pulsed, "device card")
+        if "pulsed" not in device:
+            raise ConfigError(f"device card '{args.pulsed}' has no [pulsed] table")
+        tables = {"pulsed": device["pulsed"]}
+        if args.resume and card is None:
+            raise ConfigError("--pulsed replaces the card's devices: a resumed run keeps its own (drop --pulsed)")
+    return _train_card(args, card, overrides, "neurohw insitu needs an in-situ card, e.g. sims/insitu_constantstep.toml",
+                       tables, insitu=True)
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from neurohw.config import describe
 
     print(describe())
+    return 0
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from neurohw.config import load_config
+    from neurohw.data import check_net, describe_splits, load_splits
+
+    card, overrides = _split_card_and_overrides(args.items)
+    cfg = load_config(card, overrides)
+    splits = load_splits(cfg.data, args.data_dir)
+    check_net(splits.info, cfg.net)
+    print(describe_splits(splits, cfg.data))
     return 0
 
 
@@ -257,17 +289,25 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--out", help="report.json to write")
     sm.set_defaults(func=cmd_simulate)
 
-    it = sub.add_parser("insitu", help="in-situ C-EP training on crossbars of pulsed devices")
-    it.add_argument("card", help="in-situ card sims/insitu_*.toml")
-    it.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. insitu.epochs=1 pulsed.dw_min=0.002")
+    it = sub.add_parser("insitu", help="in-situ C-EP training on crossbars of pulsed devices (neurohw train of an in-situ card)",
+                        description="Train an in-situ card (a model card with hardware tables); key=value items override it.")
+    it.add_argument("items", nargs="*", metavar="CARD [key=value ...]", help="sims/insitu_*.toml then overrides, e.g. train.epochs=1 pulsed.dw_min=0.002")
     it.add_argument("--pulsed", help="device card sims/devices/*.toml replacing the card's [pulsed] table")
-    it.add_argument("--out", default="runs/insitu", help="run directory (default runs/insitu)")
-    it.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint (more epochs allowed)")
+    it.add_argument("--out", help="run directory (default runs/<card name>)")
+    it.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint (its config.toml; overrides such as train.epochs=N allowed)")
+    it.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     it.add_argument("--data-dir", help="dataset folder")
+    it.add_argument("--no-progress", action="store_true", help="no progress bar")
     it.set_defaults(func=cmd_insitu)
 
     k = sub.add_parser("keys", help="list every config key with its default and meaning")
     k.set_defaults(func=cmd_keys)
+
+    di = sub.add_parser("data-info", help="the dataset a card resolves to: splits, input shape, classes, normalisation, path, sha256",
+                        description="Load a card's dataset as `neurohw train` would and describe it; key=value items override the card.")
+    di.add_argument("items", nargs="*", metavar="CARD [key=value ...]", help="models/<card>.toml then dotted overrides (no card: the defaults)")
+    di.add_argument("--data-dir", help="dataset folder (else $NEUROHW_DATA, else ./data)")
+    di.set_defaults(func=cmd_data_info)
     return p
 
 

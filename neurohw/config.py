@@ -18,8 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from neurohw.choices import (
+    ALGORITHMS, CUDA_GRAPHS, DATASETS, DTYPES, ESTIMATORS, FB_POOL_INDICES, OPTIMIZERS, PRECISIONS, SCHEDULERS, VF_RULES,
+)
 from neurohw.core.registry import did_you_mean
 from neurohw.errors import ConfigError
+from neurohw.spec import ARCHITECTURES, COSTS, NUDGES, POOLS, RELAXATIONS
 
 
 def doc_field(default: Any, doc: str) -> Any:
@@ -46,18 +50,38 @@ def check_positive(key: str, value: float, *, zero_ok: bool = False) -> None:
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = _f("mnist", "mnist | fashion_mnist | cifar10")
+    dataset: str = _f(
+        "mnist",
+        "mnist | fashion_mnist | cifar10 | cifar100 | svhn | imagenet32 | arrays (your .npz or HDF5 file at data.path: "
+        "x_train, y_train, x_test, y_test) | folder (your images at data.path: train/<class>/*.png, test/<class>/*.png)",
+    )
+    path: str = _f(
+        "",
+        "arrays: the .npz or HDF5 file; folder: the folder holding train/ and test/; a relative path resolves against "
+        "the data directory, else the working directory",
+    )
+    image_size: tuple[int, ...] = _f((), "folder: [height, width] every image is resized to (bilinear; one value: square); () = their own size, one for all")
     val_size: int = _f(5000, "training samples held out for validation (model selection, early stopping)")
     split_seed: int = _f(0, "seed of the train/validation split")
     augment: bool = _f(False, "random crop (edge padding) and horizontal flip of training images")
     crop_padding: int = _f(4, "padding in pixels of the random crop")
-    mean: tuple[float, ...] = _f((), "per-channel mean of pixel/255 subtracted from the input; () = dataset default")
-    std: tuple[float, ...] = _f((), "per-channel std dividing the input; () = dataset default")
+    mean: tuple[float, ...] = _f(
+        (),
+        "per-channel mean of pixel/255 (uint8 images) or of the values (float arrays) subtracted from the input; () = "
+        "the dataset's default (svhn, arrays, folder: computed on the training split)",
+    )
+    std: tuple[float, ...] = _f((), "per-channel std dividing the input; () = as data.mean")
     limit_train: int = _f(0, "use only the first N training samples (0 = all); for smoke tests")
     limit_eval: int = _f(0, "evaluate on the first N validation and test samples (0 = all); for smoke tests")
 
     def __post_init__(self) -> None:
-        check_choice("data.dataset", self.dataset, ("mnist", "fashion_mnist", "cifar10"))
+        check_choice("data.dataset", self.dataset, DATASETS)
+        if self.dataset in ("arrays", "folder") and not self.path:
+            raise ConfigError(f"data.dataset = '{self.dataset}' needs data.path (the {'.npz or HDF5 file' if self.dataset == 'arrays' else 'folder of train/ and test/'})")
+        if len(self.image_size) > 2:
+            raise ConfigError(f"data.image_size takes [height, width] or one size, got {list(self.image_size)}")
+        for s in self.image_size:
+            check_positive("data.image_size", s)
         for key in ("val_size", "crop_padding", "limit_train", "limit_eval"):
             check_positive(f"data.{key}", getattr(self, key), zero_ok=True)
         if len(self.mean) != len(self.std):
@@ -81,9 +105,9 @@ class NetConfig:
     nudge: str = _f("inside", "inside: s_N = ρ(∂Φ^β/∂s_N) (canonical) | outside: s_N = ρ(∂Φ/∂s_N) − β∂ℓ/∂s_N (Ernoult et al.'s code)")
 
     def __post_init__(self) -> None:
-        check_choice("net.architecture", self.architecture, ("fc", "conv"))
-        check_choice("net.cost", self.cost, ("mse", "ce_readout"))
-        check_choice("net.nudge", self.nudge, ("inside", "outside"))
+        check_choice("net.architecture", self.architecture, ARCHITECTURES)
+        check_choice("net.cost", self.cost, COSTS)
+        check_choice("net.nudge", self.nudge, NUDGES)
         from neurohw.core.activations import ACTIVATIONS
 
         check_choice("net.activation", self.activation, tuple(ACTIVATIONS.names()))
@@ -100,7 +124,7 @@ class NetConfig:
                 if (v or key == "kernel_sizes") and len(v) != n:
                     raise ConfigError(f"net.{key} needs {n} entries (one per conv layer), got {len(v)}")
             for p in self.pools:
-                check_choice("net.pools", p, ("max2", "avg2", "none"))
+                check_choice("net.pools", p, POOLS)
 
 
 @dataclass(frozen=True)
@@ -132,10 +156,10 @@ class LearnerConfig:
     )
 
     def __post_init__(self) -> None:
-        check_choice("learner.algorithm", self.algorithm, ("ep", "cep", "cvf", "bptt", "bp", "dtp", "drl", "ldrl"))
-        check_choice("learner.estimator", self.estimator, ("one-sided", "random-sign", "symmetric"))
-        check_choice("learner.vf_rule", self.vf_rule, ("activity", "vector-field"))
-        check_choice("learner.relaxation", self.relaxation, ("sync", "async"))
+        check_choice("learner.algorithm", self.algorithm, ALGORITHMS)
+        check_choice("learner.estimator", self.estimator, ESTIMATORS)
+        check_choice("learner.vf_rule", self.vf_rule, VF_RULES)
+        check_choice("learner.relaxation", self.relaxation, RELAXATIONS)
         check_positive("learner.beta", self.beta)
         check_positive("learner.T_free", self.T_free)
         check_positive("learner.T_nudge", self.T_nudge)
@@ -152,7 +176,7 @@ class LearnerConfig:
             check_positive("learner.fb_lrs", lr, zero_ok=True)
         if not 0.0 <= self.fb_momentum < 1.0:
             raise ConfigError(f"learner.fb_momentum must be in [0, 1), got {self.fb_momentum}")
-        check_choice("learner.fb_pool_indices", self.fb_pool_indices, ("noisy", "clean"))
+        check_choice("learner.fb_pool_indices", self.fb_pool_indices, FB_POOL_INDICES)
 
 
 @dataclass(frozen=True)
@@ -195,10 +219,10 @@ class TrainConfig:
         check_positive("train.epochs", self.epochs)
         check_positive("train.batch_size", self.batch_size)
         check_positive("train.eval_batch_size", self.eval_batch_size)
-        check_choice("train.optimizer", self.optimizer, ("sgd", "adam"))
-        check_choice("train.scheduler", self.scheduler, ("none", "cosine"))
-        check_choice("train.cuda_graphs", self.cuda_graphs, ("auto", "true", "false"))
-        check_choice("train.precision", self.precision, ("fp32", "tf32", "bf16"))
+        check_choice("train.optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("train.scheduler", self.scheduler, SCHEDULERS)
+        check_choice("train.cuda_graphs", self.cuda_graphs, CUDA_GRAPHS)
+        check_choice("train.precision", self.precision, PRECISIONS)
         if not self.lrs:
             raise ConfigError("train.lrs needs at least one learning rate")
         for lr in self.lrs:
@@ -226,7 +250,7 @@ class RunConfig:
     dtype: str = _f("float32", "float32 | float64")
 
     def __post_init__(self) -> None:
-        check_choice("dtype", self.dtype, ("float32", "float64"))
+        check_choice("dtype", self.dtype, DTYPES)
         if not (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")):
             raise ConfigError(f"device = '{self.device}' is not valid; valid: auto, cpu, cuda, cuda:N")
         if self.learner.algorithm in CONTINUAL and self.train.optimizer != "sgd":
@@ -241,6 +265,8 @@ class RunConfig:
 EP_FAMILY = ("ep", "cep", "cvf")  # learners that relax and nudge the recurrent dynamics
 CONTINUAL = ("cep", "cvf")  # learners that step the optimizer at every nudged step
 DTP_FAMILY = ("dtp", "drl", "ldrl")
+
+INSITU_TABLES = ("pulsed", "update", "substrate", "peripherals", "insitu")  # the hardware tables of an in-situ card
 
 SECTIONS = {"data": DataConfig, "net": NetConfig, "learner": LearnerConfig, "train": TrainConfig, "reference": ReferenceConfig}
 TOP_LEVEL = ("device", "dtype")
@@ -317,8 +343,18 @@ def build_dataclass(cls: type, table: dict[str, Any], prefix: str = "", all_keys
     return cls(**kwargs)
 
 
-def from_dict(table: dict[str, Any]) -> RunConfig:
-    return build_dataclass(RunConfig, table)
+def card_class(table: dict[str, Any]) -> type:
+    """The config class of a card: RunConfig, or for a card with hardware tables ([pulsed], [update],
+    [substrate], [peripherals], [insitu]) the in-situ run config (neurohw/substrates/analog/insitu.py)."""
+    if any(k in table for k in INSITU_TABLES):
+        from neurohw.substrates.analog.insitu import InSituRunConfig
+
+        return InSituRunConfig
+    return RunConfig
+
+
+def from_dict(table: dict[str, Any], cls: type | None = None) -> RunConfig:
+    return build_dataclass(cls or card_class(table), table)
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
@@ -390,6 +426,8 @@ def key_usage(cfg: RunConfig) -> dict[str, tuple[bool, str]]:
         "train.cosine_epochs": (cfg.train.scheduler == "cosine", "train.scheduler = 'cosine'"),
         "train.lr_min": (cfg.train.scheduler == "cosine", "train.scheduler = 'cosine'"),
         "data.crop_padding": (cfg.data.augment, "data.augment = true"),
+        "data.path": (cfg.data.dataset in ("arrays", "folder"), "data.dataset = 'arrays' or 'folder'"),
+        "data.image_size": (cfg.data.dataset == "folder", "data.dataset = 'folder'"),
     }
     for key in ("fb_iters", "fb_noise", "fb_lrs", "fb_momentum"):
         usage[f"learner.{key}"] = (dtp, "the DTP learners (learner.algorithm = dtp, drl, ldrl)")
@@ -400,6 +438,11 @@ def key_usage(cfg: RunConfig) -> dict[str, tuple[bool, str]]:
     )
     for key in ("channels", "kernel_sizes", "strides", "paddings", "pools"):
         usage[f"net.{key}"] = conv
+    if hasattr(cfg, "pulsed"):  # in-situ training (neurohw/substrates/analog/insitu.py)
+        from neurohw.substrates.analog.insitu import INSITU_UNUSED
+
+        for key, why in INSITU_UNUSED.items():
+            usage[key] = (False, f"runs off the devices (in situ: {why})")
     return usage
 
 
@@ -410,9 +453,9 @@ def _value(cfg: RunConfig, key: str) -> Any:
     return node
 
 
-def _default(key: str) -> Any:
+def _default(cfg: RunConfig, key: str) -> Any:
     section, name = key.split(".")
-    return SECTIONS[section].__dataclass_fields__[name].default
+    return type(getattr(cfg, section)).__dataclass_fields__[name].default
 
 
 def _unused_message(cfg: RunConfig, key: str, used_by: str) -> str:
@@ -431,13 +474,13 @@ def check_unused(cfg: RunConfig, card_table: dict[str, Any], overrides: list[str
     if not check_card:
         return []
     try:
-        own = key_usage(from_dict(card_table))  # what the card's own settings use
+        own = key_usage(from_dict(card_table, type(cfg)))  # what the card's own settings use
     except ConfigError:
         own = {}
     notes = []
     for key, (used, used_by) in usage.items():
         section, name = key.split(".")
-        if used or key in given or name not in card_table.get(section, {}) or _value(cfg, key) == _default(key):
+        if used or key in given or name not in card_table.get(section, {}) or _value(cfg, key) == _default(cfg, key):
             continue
         if own.get(key, (False, ""))[0]:
             notes.append(_unused_message(cfg, key, used_by) + " (the card sets it; the overrides made it unused)")
@@ -452,6 +495,7 @@ def load_config(
     *,
     notes: list[str] | None = None,
     check_card: bool = True,
+    tables: dict[str, Any] | None = None,
 ) -> RunConfig:
     """The RunConfig of a TOML card (or the defaults) with `key=value` overrides applied.
 
@@ -460,10 +504,12 @@ def load_config(
     `check_card=False` nor when the card is a run's resolved config.toml (it lists every key).
     """
     table = read_toml(card, "model card") if card is not None else {}
-    merged = apply_overrides(table, list(overrides))  # an unknown override key is named as an override
+    table.update(tables or {})  # whole tables replaced (neurohw insitu --pulsed: a device card's [pulsed])
+    cls = card_class(table)
+    merged = apply_overrides(table, list(overrides), cls)  # an unknown override key is named as an override
     try:
-        cfg = from_dict(merged)
-        resolved = all(table.get(sec, {}).keys() >= cls.__dataclass_fields__.keys() for sec, cls in SECTIONS.items())
+        cfg = from_dict(merged, cls)
+        resolved = all(table.get(name, {}).keys() >= sec.__dataclass_fields__.keys() for name, sec in _sections(cls))
         found = check_unused(cfg, table, list(overrides), check_card=check_card and not resolved)
     except ConfigError as e:
         where = "" if card is None else f" (card '{card}' with overrides)" if overrides else f" in '{card}'"
@@ -490,11 +536,18 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def _sections(cls: type) -> list[tuple[str, type]]:
+    """(name, class) of the fields of a config class that are tables (nested dataclasses), in order."""
+    hints = typing.get_type_hints(cls)
+    return [(f.name, hints[f.name]) for f in dataclasses.fields(cls) if dataclasses.is_dataclass(hints[f.name])]
+
+
 def to_toml(cfg: RunConfig) -> str:
-    """The resolved config as TOML; `load_config` of this text gives back an equal RunConfig."""
+    """The resolved config as TOML; `load_config` of this text gives back an equal config."""
     d = to_dict(cfg)
-    lines = [f"{k} = {_toml_value(d[k])}" for k in TOP_LEVEL]
-    for name in SECTIONS:
+    tables = [name for name, _ in _sections(type(cfg))]
+    lines = [f"{k} = {_toml_value(v)}" for k, v in d.items() if k not in tables]
+    for name in tables:
         lines += ["", f"[{name}]"] + [f"{k} = {_toml_value(v)}" for k, v in d[name].items()]
     return "\n".join(lines) + "\n"
 

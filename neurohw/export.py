@@ -18,7 +18,8 @@ from neurohw.config import load_config
 from neurohw.data import DATASETS
 from neurohw.errors import CheckpointError
 from neurohw.io.hdf5 import load_spec, save_spec
-from neurohw.spec import NetworkSpec, to_spec
+from neurohw.nets.convert import to_spec
+from neurohw.spec import NetworkSpec
 
 
 def spec_from_run(run_dir: str | Path) -> NetworkSpec:

@@ -5,7 +5,11 @@ A spec holds everything needed to run the network's dynamics without neurohw's t
 layers (type, shapes, stride, padding, pooling, float32 weights and biases, untied feedback weights
 for C-VF), the activation, the cost and readout, the nudge placement, T_free, T_nudge and β, the
 input preprocessing, the training provenance, and an optional device mapping (conductances).
-`to_spec(net)` and `from_spec(spec)` round-trip exactly for float32 nets.
+
+This module needs numpy only: the substrates and the HDF5 reader use it without torch. The names a
+spec's fields may take are defined here, once (the config checks, the nets and the reader import
+them). The conversion from and to torch nets lives beside the nets (neurohw/nets/convert.py: `to_spec`,
+`from_spec`, exact round trip for float32 nets).
 """
 
 from __future__ import annotations
@@ -15,15 +19,13 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
-import torch
-
-from neurohw.errors import ConfigError
-from neurohw.nets.layered import LayeredNet
-from neurohw.nets.layers import Conv2d, Dense
 
 ARCHITECTURES = ("fc", "conv")
 RELAXATIONS = ("sync", "async")  # the update order of the dynamics (docs/math.md eq. dyn, async)
 LAYER_TYPES = ("dense", "conv2d")
+COSTS = ("mse", "ce_readout")  # docs/math.md eq. ℓ
+NUDGES = ("inside", "outside")  # where the nudge enters the output layer (eq. dyn, dyn-out)
+POOLS = ("max2", "avg2", "none")  # the pooling of a conv2d layer
 
 
 @dataclass(frozen=True, eq=False)
@@ -96,56 +98,3 @@ class NetworkSpec:
         std = np.asarray(self.input_std, dtype=np.float32).reshape(1, c, 1, 1)
         x = (images.astype(np.float32) / np.float32(255.0) - mean) / std
         return x.reshape(x.shape[0], *self.input_shape)
-
-
-def to_spec(net: LayeredNet, **meta: Any) -> NetworkSpec:
-    """The spec of a trained net; `meta` fills the other fields (T_free, beta, input_mean, …)."""
-    layers = []
-    for i, layer in enumerate(net.layers):
-        w = layer.weight.detach().cpu().to(torch.float32).numpy().copy()
-        b = layer.bias.detach().cpu().to(torch.float32).numpy().copy()
-        readout = net.cost == "ce_readout" and i == len(net.layers) - 1
-        if isinstance(layer, Dense):
-            wb = None if layer.weight_backward is None else layer.weight_backward.detach().cpu().to(torch.float32).numpy().copy()
-            layers.append(LayerSpec("dense", tuple(layer.in_shape), tuple(layer.out_shape), w, b, readout=readout, weight_backward=wb))
-        else:
-            layers.append(
-                LayerSpec("conv2d", tuple(layer.in_shape), tuple(layer.out_shape), w, b, layer.stride, layer.padding, layer.pool)
-            )
-    architecture = "conv" if any(l.type == "conv2d" for l in layers) else "fc"
-    return NetworkSpec(
-        architecture=architecture,
-        activation=net.activation.name,
-        cost=net.cost,
-        nudge=net.nudge,
-        input_shape=tuple(net.input_shape),
-        layers=tuple(layers),
-        **meta,
-    )
-
-
-def from_spec(spec: NetworkSpec, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> LayeredNet:
-    """The LayeredNet of a spec (weights copied; the effective weights of a device mapping are
-    already in `weight`)."""
-    layers: list[Dense | Conv2d] = []
-    for i, ls in enumerate(spec.layers):
-        if ls.type == "dense":
-            layer = Dense(ls.in_shape, ls.out_shape[0], backward=ls.weight_backward is not None)
-        elif ls.type == "conv2d":
-            kh = ls.weight.shape[2]
-            layer = Conv2d(ls.in_shape, ls.weight.shape[0], kh, stride=ls.stride, padding=ls.padding, pool=ls.pool)
-        else:
-            raise ConfigError(f"layer {i:02d}: unknown type '{ls.type}'; valid: {', '.join(LAYER_TYPES)}")
-        if tuple(layer.out_shape) != tuple(ls.out_shape):
-            raise ConfigError(f"layer {i:02d}: out_shape {ls.out_shape} does not match its parameters ({layer.out_shape})")
-        with torch.no_grad():
-            for name, arr in (("weight", ls.weight), ("bias", ls.bias), ("weight_backward", ls.weight_backward)):
-                if arr is None:
-                    continue
-                param = getattr(layer, name)
-                if tuple(param.shape) != tuple(arr.shape):
-                    raise ConfigError(f"layer {i:02d}: {name} has shape {arr.shape}, expected {tuple(param.shape)}")
-                param.copy_(torch.from_numpy(np.ascontiguousarray(arr)))
-        layers.append(layer)
-    net = LayeredNet(spec.input_shape, layers, spec.activation, spec.cost, spec.nudge)
-    return net.to(device=device, dtype=dtype)

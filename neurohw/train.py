@@ -392,10 +392,18 @@ def train(
     `notes`: warnings about the config (card keys that the overrides made unused, from `load_config`),
     printed once and recorded in summary.json with the learning warnings of the epochs. `use_program`
     runs the static update (neurohw/program.py) eagerly where it would not be captured (CPU tests)."""
-    trainer = Trainer(
-        cfg, out, resume=resume, overwrite=overwrite, data_dir=data_dir, splits=splits, progress=progress, log=log,
-        notes=notes, use_program=use_program,
-    )
+    if hasattr(cfg, "pulsed"):  # an in-situ card: the devices are trained (neurohw/substrates/analog/insitu.py)
+        from neurohw.substrates.analog.insitu import InSituTrainer
+
+        if use_program:
+            raise ConfigError("in-situ training writes pulses to simulated devices: it has no static update program")
+        trainer = InSituTrainer(cfg, out, resume=resume, overwrite=overwrite, data_dir=data_dir, splits=splits,
+                                progress=progress, log=log, notes=notes)
+    else:
+        trainer = Trainer(
+            cfg, out, resume=resume, overwrite=overwrite, data_dir=data_dir, splits=splits, progress=progress, log=log,
+            notes=notes, use_program=use_program,
+        )
     return trainer.fit()
 
 

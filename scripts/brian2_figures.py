@@ -27,7 +27,7 @@ def cep_reference(spec, x, y, beta, T_nudge, lrs):
     import torch
 
     from neurohw.learning.cep import CEP
-    from neurohw.spec import from_spec
+    from neurohw.nets.convert import from_spec
 
     net = from_spec(spec, torch.float64)
     params = net.param_list()

@@ -5,18 +5,49 @@
 vector update per sample b (as aihwkit does): per sample a train of BL slots, x_j and d_i fire in a
 slot with probabilities min(1, B|x_j|) and min(1, A|d_i|), and every coincidence is one pulse of the
 device law with cycle-to-cycle noise (and a fresh write-noise draw). All random numbers come from
-the counter-based generator of the analog substrate, keyed by (seed, counter, sample, slot, kind,
-index), so the kernel and the twin draw the same ones.
+the counter-based generator (neurohw/core/rng.py), keyed by (seed, counter, sample, slot, kind, index),
+so the kernel and the twin draw the same ones.
+
+The kernel takes its parameters as three typed records: `Devices` (the arrays of the crossbar, updated
+in place), `pulsed.LawParams` (the law's index and scalars) and `Trains` (the per-sample trains). The
+step shape is the law's scalar form from the registry pulsed.PULSE_LAWS at index LAW_IDS; numba is
+imported when the kernel is first built.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-from neurohw.devices.pulsed import LAW_IDS, PulsedArray, UpdateConfig
-from neurohw.substrates.analog import rng as crng
+from neurohw.core import rng as crng
+from neurohw.devices.pulsed import LAWS, PULSE_LAWS, PulsedArray, UpdateConfig
 
 KIND_X, KIND_D, KIND_C2C, KIND_WRITE = 0, 1, 2, 3
+
+
+class Devices(NamedTuple):
+    """The arrays of a PulsedArray the kernel reads (`w` and `write_noise` it writes)."""
+
+    w: np.ndarray
+    write_noise: np.ndarray
+    step_up: np.ndarray
+    step_down: np.ndarray
+    b_min: np.ndarray
+    b_max: np.ndarray
+    gamma_up: np.ndarray
+    gamma_down: np.ndarray
+
+
+class Trains(NamedTuple):
+    """The pulse trains of a batch of vector updates (`train_parameters` per sample)."""
+
+    xs: np.ndarray  # (B, n_in)
+    ds: np.ndarray  # (B, n_out)
+    bl: np.ndarray  # (B,) int64 slots per sample (0: no update)
+    a: np.ndarray  # (B,) d-side probability factor A
+    b: np.ndarray  # (B,) x-side probability factor B
+    sign_lr: float
 
 
 def train_parameters(x: np.ndarray, d: np.ndarray, lr: float, g: float, cfg: UpdateConfig) -> tuple[int, float, float]:
@@ -32,11 +63,6 @@ def train_parameters(x: np.ndarray, d: np.ndarray, lr: float, g: float, cfg: Upd
         d_eff = dm * (cfg.desired_bl / k if k > cfg.desired_bl else 1.0)
         a, b = a * np.sqrt(xm / d_eff), b * np.sqrt(d_eff / xm)
     return bl, float(a), float(b)
-
-
-def _law_params(array: PulsedArray) -> tuple:
-    c = array.config
-    return (LAW_IDS[c.law], c.w_max, c.w_min, c.A_up, c.A_down, c.a, c.b, c.dw_min_std, c.write_noise_std * c.dw_min)
 
 
 # ------------------------------------------------------------------------------------ numpy twin
@@ -78,87 +104,67 @@ _KERNEL = None
 
 
 def _build_kernel():
+    """The pulse kernel and the key of the sources compiled into it (core/jit.py)."""
     from numba import njit
 
-    from neurohw.substrates.analog.kernels import _mix, _normal_pair
-    from neurohw.substrates.analog.rng import INV53, S11
+    from neurohw.core import jit, rng_kernels
+    from neurohw.core.rng_kernels import mix, normal_pair, uniform
 
-    @njit(cache=True, inline="always")
-    def _u(k):
-        return (np.float64(_mix(k) >> S11) + 1.0) * INV53
+    factor = jit.table([PULSE_LAWS.get(name).kernel for name in LAWS])
+    sources = jit.sources_key(crng, rng_kernels, jit, ",".join(LAWS), *(PULSE_LAWS.get(name).kernel for name in LAWS))
 
-    @njit(cache=True, inline="always")
-    def _key5(seed, counter, b, k, kind):
-        z = _mix(np.uint64(seed))
-        z = _mix(z ^ np.uint64(counter))
-        z = _mix(z ^ np.uint64(b))
-        z = _mix(z ^ np.uint64(k))
-        return _mix(z ^ np.uint64(kind))
-
-    @njit(cache=True, inline="always")
-    def _factor(law, up, w, bmin, bmax, gu, gd, w_max, w_min, A_up, A_down, a, bb):
-        if law == 0:
-            return 1.0
-        if law == 1:
-            return 1.0 - gu * w / w_max if up else 1.0 - gd * w / w_min
-        if law == 2:
-            if up:
-                return 1.0 - w / bmax if bmax != 0.0 else 0.0
-            return 1.0 - w / bmin if bmin != 0.0 else 0.0
-        span = bmax - bmin
-        if span <= 0.0:
-            return 0.0
-        if law == 3:
-            z = 2.0 * a * w / span + bb
-            f = 1.0 - A_up * np.exp(gu * z) if up else 1.0 - A_down * np.exp(-gd * z)
-            return max(f, 0.0)
-        base = (bmax - w) / span if up else (w - bmin) / span
-        return max(base, 0.0) ** (gu if up else gd)
+    @njit(inline="always")
+    def key5(seed, counter, b, k, kind):
+        z = mix(np.uint64(seed))
+        z = mix(z ^ np.uint64(counter))
+        z = mix(z ^ np.uint64(b))
+        z = mix(z ^ np.uint64(k))
+        return mix(z ^ np.uint64(kind))
 
     @njit(cache=True)
-    def kernel(w, wn, step_up, step_down, b_min, b_max, gamma_up, gamma_down, law, w_max, w_min, A_up, A_down, a, bb,
-               dw_std, wn_std, xs, ds, bls, as_, bs, sign_lr, seed, counter):
+    def kernel(dev, law, trains, seed, counter, sources):
+        w, wn, xs, ds = dev.w, dev.write_noise, trains.xs, trains.ds
         n_out, n_in = w.shape
         fired_x = np.empty(n_in, dtype=np.int64)
         fired_d = np.empty(n_out, dtype=np.int64)
         total = 0
         for b in range(xs.shape[0]):
-            for k in range(bls[b]):
+            for k in range(trains.bl[b]):
                 nx = 0
-                kx = _key5(seed, counter, b, k, 0)
+                kx = key5(seed, counter, b, k, 0)
                 for j in range(n_in):
-                    if xs[b, j] != 0.0 and _u(_mix(kx ^ np.uint64(j))) <= min(1.0, bs[b] * abs(xs[b, j])):
+                    if xs[b, j] != 0.0 and uniform(mix(kx ^ np.uint64(j))) <= min(1.0, trains.b[b] * abs(xs[b, j])):
                         fired_x[nx] = j
                         nx += 1
                 if nx == 0:
                     continue
                 nd = 0
-                kd = _key5(seed, counter, b, k, 1)
+                kd = key5(seed, counter, b, k, 1)
                 for i in range(n_out):
-                    if ds[b, i] != 0.0 and _u(_mix(kd ^ np.uint64(i))) <= min(1.0, as_[b] * abs(ds[b, i])):
+                    if ds[b, i] != 0.0 and uniform(mix(kd ^ np.uint64(i))) <= min(1.0, trains.a[b] * abs(ds[b, i])):
                         fired_d[nd] = i
                         nd += 1
-                kc = _key5(seed, counter, b, k, 2)
-                kw = _key5(seed, counter, b, k, 3)
+                kc = key5(seed, counter, b, k, 2)
+                kw = key5(seed, counter, b, k, 3)
                 for p in range(nd):
                     i = fired_d[p]
                     for q in range(nx):
                         j = fired_x[q]
-                        up = sign_lr * ds[b, i] * xs[b, j] < 0.0
+                        up = trains.sign_lr * ds[b, i] * xs[b, j] < 0.0
                         idx = np.uint64(i * n_in + j)
-                        xi = _normal_pair(_mix(kc ^ idx))[0]
+                        xi = normal_pair(mix(kc ^ idx))[0]
                         wij = w[i, j]
-                        f = _factor(law, up, wij, b_min[i, j], b_max[i, j], gamma_up[i, j], gamma_down[i, j],
-                                    w_max, w_min, A_up, A_down, a, bb)
-                        st = step_up[i, j] if up else -step_down[i, j]
-                        v = wij + st * f * (1.0 + dw_std * xi)
-                        w[i, j] = min(max(v, b_min[i, j]), b_max[i, j])
-                        if wn_std > 0.0:
-                            wn[i, j] = wn_std * _normal_pair(_mix(kw ^ idx))[0]
+                        f = factor(law.law, (up, wij, dev.b_min[i, j], dev.b_max[i, j], dev.gamma_up[i, j],
+                                             dev.gamma_down[i, j], law))
+                        st = dev.step_up[i, j] if up else -dev.step_down[i, j]
+                        v = wij + st * f * (1.0 + law.dw_min_std * xi)
+                        w[i, j] = min(max(v, dev.b_min[i, j]), dev.b_max[i, j])
+                        if law.write_noise > 0.0:
+                            wn[i, j] = law.write_noise * normal_pair(mix(kw ^ idx))[0]
                         total += 1
         return total
 
-    return kernel
+    return kernel, sources
 
 
 def outer_update(array: PulsedArray, xs: np.ndarray, ds: np.ndarray, lr: float, update: UpdateConfig,
@@ -171,11 +177,10 @@ def outer_update(array: PulsedArray, xs: np.ndarray, ds: np.ndarray, lr: float, 
     global _KERNEL
     if _KERNEL is None:
         _KERNEL = _build_kernel()
+    kernel, sources = _KERNEL
     params = [train_parameters(xs[b], ds[b], lr, array.granularity, update) for b in range(xs.shape[0])]
-    bls = np.array([p[0] for p in params], dtype=np.int64)
-    as_ = np.array([p[1] for p in params])
-    bs = np.array([p[2] for p in params])
-    law, w_max, w_min, A_up, A_down, a, bb, dw_std, wn_std = _law_params(array)
-    return int(_KERNEL(array.w, array.write_noise, array.step_up, array.step_down, array.b_min, array.b_max,
-                       array.gamma_up, array.gamma_down, law, w_max, w_min, A_up, A_down, a, bb, dw_std, wn_std,
-                       xs, ds, bls, as_, bs, float(np.sign(lr)), seed, counter))
+    trains = Trains(xs, ds, np.array([p[0] for p in params], dtype=np.int64), np.array([p[1] for p in params], dtype=np.float64),
+                    np.array([p[2] for p in params], dtype=np.float64), float(np.sign(lr)))
+    dev = Devices(array.w, array.write_noise, array.step_up, array.step_down, array.b_min, array.b_max,
+                  array.gamma_up, array.gamma_down)
+    return int(kernel(dev, array.config.law_params(), trains, seed, counter, sources))

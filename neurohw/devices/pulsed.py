@@ -22,25 +22,164 @@ and the law's step shape f^d(w):
 Stuck devices (probability corrupt_devices_prob) get b^min = b^max = a value drawn uniformly in
 ±corrupt_devices_range and zero steps. The weight read by the forward pass is the stored weight
 plus write noise write_noise_std·dw_min·ξ, redrawn whenever a device is pulsed.
+
+Each law is one entry of the registry PULSE_LAWS, which holds all its forms (numpy, the pulse kernel's
+scalar form, its d2d draw, its granularity); the valid names (`LAWS`) and the kernel's indices (`LAW_IDS`)
+derive from it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import numpy as np
 
 from neurohw.config import check_choice, check_positive
 from neurohw.config import doc_field as _f
+from neurohw.core.registry import Registry
 from neurohw.errors import ConfigError
 
-LAWS = ("constant_step", "linear_step", "soft_bounds", "exp_step", "pow_step")
-LAW_IDS = {name: i for i, name in enumerate(LAWS)}
+EXP_GAMMA_UP, EXP_GAMMA_DOWN = 12.44625, 12.78785  # exp_step's γ_up, γ_down when the card leaves them 0 (aihwkit)
+
+
+class LawParams(NamedTuple):
+    """The scalars of a law's step shape, as the pulse kernel passes them (`PulsedDeviceConfig.law_params`)."""
+
+    law: int  # LAW_IDS
+    w_max: float
+    w_min: float
+    A_up: float
+    A_down: float
+    a: float
+    b: float
+    dw_min_std: float
+    write_noise: float  # write_noise_std·dw_min
+
+
+@dataclass(frozen=True)
+class PulseLaw:
+    """One device law, every form of it in one place (a new law is one entry of PULSE_LAWS):
+
+    * `factor(array, w, up)`: f^±(w) of the module doc for a whole array (numpy; the twin and PulsedArray);
+    * `kernel((up, w, b_min, b_max, gamma_up, gamma_down, p))`: the same for one device, a plain Python
+      function of one tuple that numba compiles into the pulse kernel (`p`: LawParams);
+    * `gammas(config, shape, draw)`: the law's per-device (γ⁺, γ⁻), drawing with `draw()` (one standard
+      normal per device and call, in the order of the d2d draws) or None (zeros);
+    * `granularity(array)`: the weight change of a typical pulse, or None (dw_min).
+    """
+
+    name: str
+    factor: Callable[["PulsedArray", np.ndarray, bool], np.ndarray]
+    kernel: Callable[[tuple], float]
+    gammas: Callable | None = None
+    granularity: Callable[["PulsedArray"], float] | None = None
+
+
+def _constant_factor(array, w, up):
+    return np.ones_like(w)
+
+
+def _constant_kernel(args):
+    return 1.0
+
+
+def _linear_factor(array, w, up):
+    c = array.config
+    return 1.0 - array.gamma_up * w / c.w_max if up else 1.0 - array.gamma_down * w / c.w_min
+
+
+def _linear_kernel(args):
+    up, w, bmin, bmax, gu, gd, p = args
+    return 1.0 - gu * w / p.w_max if up else 1.0 - gd * w / p.w_min
+
+
+def _linear_gammas(c, shape, draw):
+    return np.abs(c.gamma_up + c.gamma_up_dtod * draw()), np.abs(c.gamma_down + c.gamma_down_dtod * draw())
+
+
+def _soft_factor(array, w, up):
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = 1.0 - w / array.b_max if up else 1.0 - w / array.b_min
+    return np.nan_to_num(f, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _soft_kernel(args):
+    up, w, bmin, bmax, gu, gd, p = args
+    if up:
+        return 1.0 - w / bmax if bmax != 0.0 else 0.0
+    return 1.0 - w / bmin if bmin != 0.0 else 0.0
+
+
+def _exp_factor(array, w, up):
+    c = array.config
+    span = array.b_max - array.b_min
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z = np.where(span > 0, 2.0 * c.a * w / np.where(span > 0, span, 1.0) + c.b, 0.0)
+    f = 1.0 - c.A_up * np.exp(array.gamma_up * z) if up else 1.0 - c.A_down * np.exp(-array.gamma_down * z)
+    return np.where(span > 0, np.maximum(f, 0.0), 0.0)
+
+
+def _exp_kernel(args):
+    up, w, bmin, bmax, gu, gd, p = args
+    span = bmax - bmin
+    if span <= 0.0:
+        return 0.0
+    z = 2.0 * p.a * w / span + p.b
+    f = 1.0 - p.A_up * np.exp(gu * z) if up else 1.0 - p.A_down * np.exp(-gd * z)
+    return max(f, 0.0)
+
+
+def _exp_gammas(c, shape, draw):
+    return np.full(shape, c.gamma_up or EXP_GAMMA_UP), np.full(shape, c.gamma_down or EXP_GAMMA_DOWN)
+
+
+def _exp_granularity(array) -> float:
+    c = array.config
+    g = float(np.mean(array.step_down)) * max(1.0 - c.A_down * np.exp(-(c.gamma_down or EXP_GAMMA_DOWN) * c.b), 0.0)
+    return g if g > 0 else c.dw_min
+
+
+def _pow_factor(array, w, up):
+    span = array.b_max - array.b_min
+    safe = np.where(span > 0, span, 1.0)
+    base = (array.b_max - w) / safe if up else (w - array.b_min) / safe
+    return np.where(span > 0, np.maximum(base, 0.0) ** (array.gamma_up if up else array.gamma_down), 0.0)
+
+
+def _pow_kernel(args):
+    up, w, bmin, bmax, gu, gd, p = args
+    span = bmax - bmin
+    if span <= 0.0:
+        return 0.0
+    base = (bmax - w) / span if up else (w - bmin) / span
+    return max(base, 0.0) ** (gu if up else gd)
+
+
+def _pow_gammas(c, shape, draw):
+    g2 = 1.0 + c.pow_gamma_dtod * draw()
+    r2 = c.pow_up_down_dtod * draw()
+    return (np.abs(c.pow_gamma * (g2 + min(c.pow_up_down, 0.0) + r2)),
+            np.abs(c.pow_gamma * (g2 - max(c.pow_up_down, 0.0) - r2)))
+
+
+PULSE_LAWS: Registry[PulseLaw] = Registry("pulse law")
+for _law in (
+    PulseLaw("constant_step", _constant_factor, _constant_kernel),
+    PulseLaw("linear_step", _linear_factor, _linear_kernel, _linear_gammas),
+    PulseLaw("soft_bounds", _soft_factor, _soft_kernel),
+    PulseLaw("exp_step", _exp_factor, _exp_kernel, _exp_gammas, _exp_granularity),
+    PulseLaw("pow_step", _pow_factor, _pow_kernel, _pow_gammas, lambda array: array.config.dw_min * 0.5**array.config.pow_gamma),
+):
+    PULSE_LAWS.register(_law.name, _law)
+
+LAWS = tuple(PULSE_LAWS)
+LAW_IDS = {name: i for i, name in enumerate(LAWS)}  # the pulse kernel's index of each law
 
 
 @dataclass(frozen=True)
 class PulsedDeviceConfig:
-    law: str = _f("constant_step", "constant_step | linear_step | soft_bounds | exp_step | pow_step")
+    law: str = _f("constant_step", " | ".join(LAWS))
     dw_min: float = _f(0.001, "mean weight change of one pulse")
     dw_min_dtod: float = _f(0.3, "d2d spread of the step, relative")
     dw_min_std: float = _f(0.3, "c2c noise of every pulse, relative (multiplicative)")
@@ -83,6 +222,10 @@ class PulsedDeviceConfig:
         """Number of distinguishable states: (w_max − w_min)/dw_min."""
         return (self.w_max - self.w_min) / self.dw_min
 
+    def law_params(self) -> LawParams:
+        return LawParams(LAW_IDS[self.law], float(self.w_max), float(self.w_min), float(self.A_up), float(self.A_down),
+                         float(self.a), float(self.b), float(self.dw_min_std), float(self.write_noise_std * self.dw_min))
+
 
 class PulsedArray:
     """One crossbar of pulsed devices: d2d parameters, stored weights, and the pulse law."""
@@ -101,19 +244,11 @@ class PulsedArray:
         self.b_max, self.b_min = np.abs(self.b_max), -np.abs(self.b_min)
         # law parameters (per device where aihwkit draws them per device)
         self.law = LAW_IDS[c.law]
-        self.gamma_up = np.zeros(shape)
-        self.gamma_down = np.zeros(shape)
-        if c.law == "linear_step":
-            self.gamma_up = np.abs(c.gamma_up + c.gamma_up_dtod * n())
-            self.gamma_down = np.abs(c.gamma_down + c.gamma_down_dtod * n())
-        elif c.law == "exp_step":
-            self.gamma_up = np.full(shape, c.gamma_up or 12.44625)
-            self.gamma_down = np.full(shape, c.gamma_down or 12.78785)
-        elif c.law == "pow_step":
-            g2 = 1.0 + c.pow_gamma_dtod * n()
-            r2 = c.pow_up_down_dtod * n()
-            self.gamma_up = np.abs(c.pow_gamma * (g2 + min(c.pow_up_down, 0.0) + r2))
-            self.gamma_down = np.abs(c.pow_gamma * (g2 - max(c.pow_up_down, 0.0) - r2))
+        law = PULSE_LAWS.get(c.law, "pulsed.law")
+        if law.gammas is None:
+            self.gamma_up, self.gamma_down = np.zeros(shape), np.zeros(shape)
+        else:
+            self.gamma_up, self.gamma_down = law.gammas(c, shape, n)
         self.stuck = rng.random(shape) < c.corrupt_devices_prob
         if self.stuck.any():
             v = rng.uniform(-c.corrupt_devices_range, c.corrupt_devices_range, shape)
@@ -128,13 +263,8 @@ class PulsedArray:
     @property
     def granularity(self) -> float:
         """The weight change of a typical pulse (aihwkit's calcWeightGranularity)."""
-        c = self.config
-        if c.law == "pow_step":
-            return c.dw_min * 0.5**c.pow_gamma
-        if c.law == "exp_step":
-            g = float(np.mean(self.step_down)) * max(1.0 - c.A_down * np.exp(-(c.gamma_down or 12.78785) * c.b), 0.0)
-            return g if g > 0 else c.dw_min
-        return c.dw_min
+        law = PULSE_LAWS.get(self.config.law)
+        return self.config.dw_min if law.granularity is None else law.granularity(self)
 
     def set_weights(self, w: np.ndarray) -> None:
         """Program target weights (clipped to each device's bounds; stuck devices keep their value)."""
@@ -142,25 +272,7 @@ class PulsedArray:
 
     def shape_factor(self, w: np.ndarray, up: bool) -> np.ndarray:
         """f^±(w) of the device law (module doc)."""
-        c = self.config
-        law = self.config.law
-        if law == "constant_step":
-            return np.ones_like(w)
-        if law == "linear_step":
-            return 1.0 - self.gamma_up * w / c.w_max if up else 1.0 - self.gamma_down * w / c.w_min
-        if law == "soft_bounds":
-            with np.errstate(divide="ignore", invalid="ignore"):
-                f = 1.0 - w / self.b_max if up else 1.0 - w / self.b_min
-            return np.nan_to_num(f, nan=0.0, posinf=0.0, neginf=0.0)
-        span = self.b_max - self.b_min
-        if law == "exp_step":
-            with np.errstate(divide="ignore", invalid="ignore"):
-                z = np.where(span > 0, 2.0 * c.a * w / np.where(span > 0, span, 1.0) + c.b, 0.0)
-            f = 1.0 - c.A_up * np.exp(self.gamma_up * z) if up else 1.0 - c.A_down * np.exp(-self.gamma_down * z)
-            return np.where(span > 0, np.maximum(f, 0.0), 0.0)
-        safe = np.where(span > 0, span, 1.0)
-        base = (self.b_max - w) / safe if up else (w - self.b_min) / safe
-        return np.where(span > 0, np.maximum(base, 0.0) ** (self.gamma_up if up else self.gamma_down), 0.0)
+        return PULSE_LAWS.get(self.config.law).factor(self, w, up)
 
     def pulse(self, counts: np.ndarray, up: np.ndarray, rng: np.random.Generator) -> None:
         """Apply counts[i, j] pulses in direction up[i, j] (True: up) to each device, one at a time."""

@@ -25,13 +25,12 @@ import numpy as np
 from neurohw.core.activations import ACTIVATIONS
 from neurohw.errors import SpecError
 from neurohw.io.atomic import atomic_path
-from neurohw.spec import ARCHITECTURES, RELAXATIONS, ConductanceSpec, DeviceSpec, LayerSpec, NetworkSpec
+from neurohw.spec import (
+    ARCHITECTURES, COSTS, LAYER_TYPES, NUDGES, POOLS, RELAXATIONS, ConductanceSpec, DeviceSpec, LayerSpec, NetworkSpec,
+)
 
 FORMAT = "neurohw"
 FORMAT_VERSION = 1
-POOLS = ("max2", "avg2", "none")
-COSTS = ("mse", "ce_readout")
-NUDGES = ("inside", "outside")
 
 
 USERBLOCK = 512
@@ -302,7 +301,7 @@ def _read(r: _Reader) -> NetworkSpec:
     shape = input_shape
     for name in names:
         g = r.group(layers_group, name)
-        ls_type = r.attr(g, "type", str, ("dense", "conv2d"))
+        ls_type = r.attr(g, "type", str, LAYER_TYPES)
         in_shape = r.attr(g, "in_shape", tuple)
         out_shape = r.attr(g, "out_shape", tuple)
         if tuple(in_shape) != tuple(shape):

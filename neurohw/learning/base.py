@@ -15,6 +15,7 @@ from typing import Callable, Protocol
 
 import torch
 
+from neurohw.choices import ESTIMATORS
 from neurohw.dynamics import ORDERS, FiniteFlags, relax
 from neurohw.errors import ConfigError
 from neurohw.nets.layered import LayeredNet, Scalar, State
@@ -70,9 +71,6 @@ def set_grads(params: list[torch.nn.Parameter], grads: list[torch.Tensor], scale
     unit = not isinstance(scale, torch.Tensor) and scale == 1.0
     for p, g in zip(params, grads):
         p.grad = g if unit else g.mul_(scale)
-
-
-ESTIMATORS = ("one-sided", "random-sign", "symmetric")
 
 
 class BetaSampler:

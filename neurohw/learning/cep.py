@@ -31,16 +31,13 @@ import math
 
 import torch
 
+from neurohw.choices import CONTINUAL_ESTIMATORS, VF_RULES
 from neurohw.dynamics import FiniteFlags, check_finite
 from neurohw.errors import ConfigError
 from neurohw.learning.base import (
     Apply, BetaSampler, RelaxationPredictor, batch_stats, check_phases, free_phase, operand_dtype, set_grads,
 )
 from neurohw.nets.layered import LayeredNet, Scalar
-
-
-CONTINUAL_ESTIMATORS = ("one-sided", "random-sign")
-VF_RULES = ("activity", "vector-field")
 
 
 class _Continual(RelaxationPredictor, abc.ABC):

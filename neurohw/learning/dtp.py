@@ -69,6 +69,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from neurohw.choices import FB_POOL_INDICES as POOL_INDICES  # learner.fb_pool_indices
 from neurohw.core.activations import Activation
 from neurohw.errors import ConfigError
 from neurohw.learning.base import Apply, batch_stats, set_grads
@@ -76,7 +77,6 @@ from neurohw.nets.layered import LayeredNet
 from neurohw.nets.layers import Conv2d, Dense
 
 FEEDBACK_LOSSES = ("ldrl", "drl", "dtp")
-POOL_INDICES = ("noisy", "clean")  # learner.fb_pool_indices: the authors' construction first (the default)
 DIAGNOSTIC_PROBES = 4  # random probes per sample of the Jacobian-angle estimate
 
 

@@ -25,9 +25,7 @@ from torch import nn
 from neurohw.core.activations import get_activation
 from neurohw.errors import ConfigError
 from neurohw.nets.layers import Conv2d, Dense, LowPrecision
-
-COSTS = ("mse", "ce_readout")
-NUDGES = ("inside", "outside")
+from neurohw.spec import COSTS, NUDGES
 
 State = list[torch.Tensor]
 

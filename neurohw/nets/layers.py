@@ -28,8 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from neurohw.errors import ConfigError
-
-POOLS = ("max2", "avg2", "none")
+from neurohw.spec import POOLS
 
 
 class LowPrecision:

@@ -6,7 +6,8 @@ import numpy as np
 import torch
 
 from neurohw.learning.base import free_phase
-from neurohw.spec import NetworkSpec, from_spec
+from neurohw.nets.convert import from_spec
+from neurohw.spec import NetworkSpec
 from neurohw.substrates import Trace
 
 

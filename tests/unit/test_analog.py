@@ -10,13 +10,14 @@ import torch
 
 from neurohw.cli import main
 from neurohw.config import NetConfig
+from neurohw.core import rng, rng_kernels
+from neurohw.core.activations import ACTIVATIONS
 from neurohw.errors import ConfigError
 from neurohw.io.hdf5 import save_spec
 from neurohw.learning import set_initial_angle
 from neurohw.nets.build import build_net
-from neurohw.spec import to_spec
+from neurohw.nets.convert import to_spec
 from neurohw.substrates.analog import AnalogSubstrate, kernels, twin
-from neurohw.substrates.analog import rng
 from neurohw.substrates.analog.model import PeripheralConfig, Scenario, SubstrateConfig, crossbars_from_spec, load_scenario
 from neurohw.substrates.torch import TorchSubstrate
 
@@ -42,15 +43,15 @@ def test_counter_rng_matches_between_numpy_and_numba():
     @njit
     def draw(seed, n):
         out = np.empty((n, 2))
-        base = kernels._read_key(seed, 3, 5, 1, 2, 4)
+        base = kernels._read_key(kernels.Key(seed, 3, 5, 1), 2, 4)
         for j in range(n):
-            out[j, 0], out[j, 1] = kernels._normal_pair(kernels._mix(base ^ np.uint64(j)))
+            out[j, 0], out[j, 1] = rng_kernels.normal_pair(rng_kernels.mix(base ^ np.uint64(j)))
         return out
 
     @njit
     def keys(seed, n):
-        base = kernels._read_key(seed, 3, 5, 1, 2, 4)
-        return np.array([kernels._mix(base ^ np.uint64(j)) for j in range(n)], dtype=np.uint64)
+        base = kernels._read_key(kernels.Key(seed, 3, 5, 1), 2, 4)
+        return np.array([rng_kernels.mix(base ^ np.uint64(j)) for j in range(n)], dtype=np.uint64)
 
     k = rng.key(11, 3, 5, 1, 2, 4, np.arange(4096, dtype=np.uint64))
     np.testing.assert_array_equal(keys(11, 4096), k)  # the integer streams are bit-identical
@@ -63,6 +64,23 @@ def test_counter_rng_matches_between_numpy_and_numba():
     assert abs(both.mean()) < 0.05 and abs(both.std() - 1) < 0.03 and abs(np.corrcoef(z1, z2)[0, 1]) < 0.05
 
 
+def test_the_kernels_cache_key_follows_the_sources_compiled_in():
+    """numba's disk cache checks only a kernel's own file; the key argument (core/jit.py) changes with
+    the source text of every form and module compiled in, and with the order of a table."""
+    from neurohw.core import jit
+
+    def form(a):
+        return a
+
+    def edited(a):
+        return a + 0.0
+
+    key = lambda *objects: jit.sources_key(*objects).dtype
+    assert key(rng, form) == key(rng, form) and key(rng, form) != key(rng, edited) and key(form) != key(rng, form)
+    assert key("tanh,elu", form) != key("elu,tanh", form) and key(None) != key(form)
+    assert jit.sources_key(form).size == 0 and kernels.SOURCES.dtype.names[0].startswith("sources_sha256_")
+
+
 def test_polar_normals_match_between_numpy_and_numba():
     """The polar method takes the same attempts in the kernel and in numpy (the accept test uses no
     transcendental function) and gives independent standard normals: moments at n = 8,192 pairs
@@ -73,7 +91,7 @@ def test_polar_normals_match_between_numpy_and_numba():
     def draw(keys):
         out = np.empty((keys.shape[0], 2))
         for j in range(keys.shape[0]):
-            out[j, 0], out[j, 1] = kernels._polar_pair(keys[j])
+            out[j, 0], out[j, 1] = rng_kernels.polar_pair(keys[j])
         return out
 
     k = rng.key(5, 1, 2, np.arange(8192, dtype=np.uint64))
@@ -127,7 +145,7 @@ def test_ziggurat_normals_match_between_numpy_and_numba():
     def draw(keys):
         out = np.empty(keys.shape[0])
         for j in range(keys.shape[0]):
-            out[j] = kernels._zig_normal(keys[j])
+            out[j] = rng_kernels.zig_normal(keys[j])
         return out
 
     @njit
@@ -211,6 +229,19 @@ def test_kernel_equals_numpy_twin(kind, integrator, periph):
     for a, b in zip(a_states, b_states):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
     np.testing.assert_allclose(a_out, b_out, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS.names())
+def test_kernel_equals_numpy_twin_for_every_activation(activation):
+    """Every registered activation runs in the kernel (its registry form, at its index) as in the twin."""
+    cb = crossbars_from_spec(small("fc", activation, seed=3))
+    sub = SubstrateConfig(integrator="rk4", dt_s=1e-7, t_max_s=4e-6, settle_tol=1e-5, seed=1)
+    x = np.random.default_rng(1).random((5, 16))
+    a_states, a_steps, a_out = kernels.relax(cb, sub, PERIPHERALS["full"], x, np.arange(5))
+    b_states, b_steps, b_out = twin.relax(cb, sub, PERIPHERALS["full"], x, np.arange(5))
+    assert np.array_equal(a_steps, b_steps)
+    for a, b in zip(a_states + [a_out], b_states + [b_out]):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-12)
 
 
 def test_read_noise_has_the_std_of_weight_plus_output_noise():
@@ -339,7 +370,7 @@ def test_euler_with_dt_equal_tau_is_the_discrete_engine(kind, nudge):
     import torch
 
     from neurohw.dynamics import relax
-    from neurohw.spec import from_spec
+    from neurohw.nets.convert import from_spec
 
     spec = small(kind, "sigmoid4" if kind != "cvf" else "tanh", seed=6)
     spec = spec.with_(nudge=nudge)

@@ -19,7 +19,8 @@ from neurohw.errors import ConfigError  # noqa: E402
 from neurohw.io.hdf5 import save_spec  # noqa: E402
 from neurohw.learning.base import free_phase  # noqa: E402
 from neurohw.learning.cep import CEP  # noqa: E402
-from neurohw.spec import LayerSpec, from_spec  # noqa: E402
+from neurohw.nets.convert import from_spec  # noqa: E402
+from neurohw.spec import LayerSpec  # noqa: E402
 from neurohw.substrates.brian2 import Brian2Substrate, load_brian2_scenario  # noqa: E402
 from neurohw.substrates.brian2.network import resolve_target  # noqa: E402
 
@@ -200,7 +201,7 @@ def test_bad_networks_and_targets_are_named():
 def test_conv_networks_are_refused_with_the_layer_named():
     from neurohw.config import NetConfig
     from neurohw.nets.build import build_net
-    from neurohw.spec import to_spec
+    from neurohw.nets.convert import to_spec
     from neurohw.substrates.brian2.network import DenseNet
 
     net = build_net(NetConfig(architecture="conv", channels=(2,), kernel_sizes=(3,), hidden=(4,)), (1, 6, 6), 3,

@@ -25,7 +25,7 @@ from neurohw.export import spec_from_run
 from neurohw.io.hdf5 import STAMP_MAGIC, USERBLOCK, load_spec, save_spec, stamp_file
 from neurohw.learning import set_initial_angle
 from neurohw.nets.build import build_net
-from neurohw.spec import from_spec, to_spec
+from neurohw.nets.convert import from_spec, to_spec
 from neurohw.substrates.torch import TorchSubstrate
 from neurohw.train import build_model, train
 

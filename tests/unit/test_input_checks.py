@@ -16,7 +16,7 @@ from neurohw.devices.mapping import MEASURED_TOLERANCE, DeviceProfile, import_co
 from neurohw.errors import ConfigError
 from neurohw.io.hdf5 import load_spec, save_spec
 from neurohw.nets.build import build_net
-from neurohw.spec import to_spec
+from neurohw.nets.convert import to_spec
 from test_analog import small
 
 RERAM = DeviceProfile(model="ReRAM-like", g_min_uS=1.0, g_max_uS=40.0, n_levels=64, corrupt_devices_prob=0.05, seed=3)

@@ -132,10 +132,11 @@ def test_bad_ir_drop_is_refused():
 
 
 def test_insitu_reads_see_ir_drop_while_pulses_hit_the_programmed_weights():
-    from neurohw.substrates.analog.insitu import InSituNet, load_insitu
+    from neurohw.config import load_config
+    from neurohw.substrates.analog.insitu import InSituNet
 
-    sc = load_insitu(None, ["insitu.hidden=[6]", "peripherals.ir_drop=1e-3"])
-    net = InSituNet(sc, 16, 5)
+    cfg = load_config("sims/insitu_constantstep.toml", ["net.hidden=[6]", "peripherals.ir_drop=1e-3"])
+    net = InSituNet(cfg, 16, 5)
     cb = net.crossbars()
     for a, wf, wb in zip(net.arrays, cb.forward, cb.backward):
         w = a.read_weights()

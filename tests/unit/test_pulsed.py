@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from neurohw.devices.pulsed import PulsedArray, PulsedDeviceConfig, UpdateConfig, pulse_counts
+from neurohw.devices.pulsed import LAWS, PulsedArray, PulsedDeviceConfig, UpdateConfig, pulse_counts
 from neurohw.errors import ConfigError
 
 IDEAL = dict(dw_min_dtod=0.0, dw_min_std=0.0, up_down_dtod=0.0, w_max_dtod=0.0, w_min_dtod=0.0, gamma_up_dtod=0.0, gamma_down_dtod=0.0)
@@ -97,7 +97,7 @@ def test_bad_device_parameters_are_named():
 from neurohw.devices.pulse_kernels import outer_update  # noqa: E402
 
 
-@pytest.mark.parametrize("law", ["constant_step", "linear_step", "soft_bounds", "exp_step", "pow_step"])
+@pytest.mark.parametrize("law", LAWS)  # every registered law: its kernel form = its numpy form
 def test_pulse_kernel_equals_numpy_twin(law):
     kw = dict(dw_min=0.01, write_noise_std=0.5, corrupt_devices_prob=0.05, up_down=0.1)
     if law == "linear_step":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from neurohw.core import rng  # the counter-based generator (neurohw/core/rng.py), also importable from here
 from neurohw.spec import NetworkSpec
 from neurohw.substrates import Trace
 from neurohw.substrates.analog.model import Scenario, crossbars_from_spec, load_scenario
@@ -49,4 +50,4 @@ class AnalogSubstrate:
         return Trace(np.concatenate(outs) if outs else empty, np.concatenate(steps) if steps else np.zeros(0, np.int64))
 
 
-__all__ = ["AnalogSubstrate", "Scenario", "load_scenario"]
+__all__ = ["AnalogSubstrate", "Scenario", "load_scenario", "rng"]

@@ -1,135 +1,122 @@
-"""In-situ C-EP on crossbars of pulsed devices (docs/math.md eq. insitu): `neurohw insitu CARD`.
+"""In-situ training: the network lives on crossbars of pulsed devices (docs/math.md eq. insitu).
 
-The network lives on the devices: each dense layer is a `PulsedArray` whose stored weights the
-analog dynamics read (eq. analog). Per batch: the free phase settles; then T_nudge nudged intervals
-of `interval_steps` integration steps each; after interval k the local C-EP update of every layer,
+An in-situ card is a model card (`[data]`, `[net]`, `[learner]`, `[train]`, as for `neurohw train`) with
+the hardware tables `[substrate]`, `[peripherals]`, `[pulsed]`, `[update]` and `[insitu]` (how updates
+are written); `neurohw train sims/insitu_*.toml` (or `neurohw insitu …`) runs it through the same run
+plumbing as any card (neurohw/runs.py: run directory, resume, selection on validation, summary). Each
+dense layer is a `PulsedArray` whose stored weights the analog dynamics read (eq. analog); the learner
+is C-EP written as pulses (`learning/pulsed_cep.py`); biases are digital. Evaluation runs the numba
+kernels. The learning rate of epoch e follows train.scheduler in closed form (cosine: lr_min + (η −
+lr_min)·½(1 + cos(π·min(e, S)/S)), S the span), there being no optimizer.
 
-    ΔW = (η/(βB)) Σ_b (s'_{k+1} s_{k+1}ᵀ − s'_k s_kᵀ),   Δb = (η/(βB)) Σ_b (s'_{k+1} − s'_k)
-
-(s' post-synaptic, s pre-synaptic), is written to the devices as stochastic pulse trains, one vector
-update per sample and term (aihwkit's scheme, ≤ desired_bl pulses per cross-point and update):
-`write = "phase"` writes the two phase terms +s'_{k+1}s_{k+1}ᵀ and −s'_k s_kᵀ separately;
-`write = "contrast"` forms the difference first, as Δs' s_{k+1}ᵀ + s'_k Δsᵀ (the same ΔW, far fewer
-and balanced pulses; asymmetric devices show the difference). Biases are digital.
+Seeding is that of the in-situ trainer before this format (8e027bf): the initial weights from
+`train.seed` (as `neurohw train` draws them), the device-to-device variation from a numpy generator
+seeded with `train.seed`, the batch order from `train.seed + 1`, pulse trains and β's random sign from
+counters keyed by `insitu.pulse_seed`; a card converted key by key gives the same numbers bit for bit
+(tests/unit/test_insitu.py against tests/data/golden_insitu_8e027bf.pt).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import pickle
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from neurohw.config import apply_overrides, build_dataclass, check_choice, check_positive, read_toml
+from neurohw.config import RunConfig, check_choice, to_dict, to_toml
+from neurohw.core.activations import form
 from neurohw.config import doc_field as _f
-from neurohw.data import DATASETS, load_splits
-from neurohw.devices.pulse_kernels import outer_update
+from neurohw.data import limit_splits, load_splits
 from neurohw.devices.pulsed import PulsedArray, PulsedDeviceConfig, UpdateConfig
 from neurohw.errors import CheckpointError, ConfigError
-from neurohw.io.atomic import atomic_path, write_text
-from neurohw.substrates.analog import rng, twin
+from neurohw.learning.pulsed_cep import WRITES, PulsedCEP
+from neurohw.runs import Run, learning_warnings, majority_error, progress_bar
 from neurohw.substrates.analog.irdrop import with_ir_drop
 from neurohw.substrates.analog.model import ACTIVATION_IDS, Crossbars, PeripheralConfig, SubstrateConfig
 
-
-RANDOM_SIGN_TAG = 0x5EED_5161  # the key coordinate of the random-sign draws (distinct from every pulse key)
+# the state of a PulsedArray that a checkpoint keeps (weights and device-to-device draws)
+ARRAY_STATE = ("b_max", "b_min", "step_up", "step_down", "gamma_up", "gamma_down", "stuck", "w", "write_noise")
 
 
 @dataclass(frozen=True)
-class InSituConfig:
-    hidden: tuple[int, ...] = _f((100,), "hidden layer sizes (784-…-10)")
-    activation: str = _f("sigmoid4", "activation ρ")
-    nudge: str = _f("outside", "inside | outside (docs/math.md eq. dyn)")
-    beta: float = _f(0.2, "nudging strength β")
-    estimator: str = _f("one-sided", "one-sided (β each batch) | random-sign (±β, the sign drawn per batch; docs/math.md §EP)")
-    T_nudge: int = _f(15, "nudged update intervals per sample")
-    interval_steps: int = _f(2, "integration steps per nudged interval")
-    lrs: tuple[float, ...] = _f((0.0056, 0.0028), "learning rate η per layer")
-    write: str = _f("contrast", "phase | contrast (module doc)")
-    epochs: int = _f(1, "training epochs")
-    schedule: str = _f("none", "none (constant η) | cosine (η·½(1 + cos(π·epoch/epochs)) in epoch 0, 1, …)")
-    batch_size: int = _f(20, "samples per batch")
-    val_size: int = _f(5000, "validation samples held out of the training set")
-    limit_train: int = _f(0, "first N training samples only (0: all)")
-    limit_eval: int = _f(0, "first N validation/test samples only (0: all)")
-    init_gain: float = _f(1.0, "factor on PyTorch's default initialisation")
+class InSituSection:
+    interval_steps: int = _f(2, "integration steps per nudged interval (an update is written after each)")
+    write: str = _f("contrast", "phase | contrast: how a C-EP update becomes pulses (learning/pulsed_cep.py)")
     weight_scaling_omega: float = _f(0.0, "map each layer's initial max|W| to omega·w_max of the devices, reading "
                                      "through a digital output scale α (aihwkit's weight_scaling_omega; 0: α = 1)")
-    seed: int = _f(0, "seed of initialisation, shuffling and device-to-device draws")
-    pulse_seed: int = _f(0, "seed of the pulse trains and cycle-to-cycle noise")
+    pulse_seed: int = _f(0, "seed of the pulse trains, the cycle-to-cycle noise and the sign of a random-sign β")
 
     def __post_init__(self) -> None:
-        if self.activation not in ACTIVATION_IDS:
-            raise ConfigError(f"insitu.activation = '{self.activation}' has no analog kernel; valid: {', '.join(ACTIVATION_IDS)}")
-        check_choice("insitu.nudge", self.nudge, ("inside", "outside"))
-        check_choice("insitu.schedule", self.schedule, ("none", "cosine"))
-        check_choice("insitu.write", self.write, ("phase", "contrast"))
-        check_choice("insitu.estimator", self.estimator, ("one-sided", "random-sign"))
-        for key in ("beta", "T_nudge", "interval_steps", "epochs", "batch_size"):
-            check_positive(f"insitu.{key}", getattr(self, key))
+        check_choice("insitu.write", self.write, WRITES)
+        if self.interval_steps < 1:
+            raise ConfigError(f"insitu.interval_steps must be ≥ 1, got {self.interval_steps}")
         if not 0.0 <= self.weight_scaling_omega <= 1.0:
             raise ConfigError(f"insitu.weight_scaling_omega must lie in [0, 1] (0: no scaling), got {self.weight_scaling_omega}")
-        if len(self.lrs) not in (1, len(self.hidden) + 1):
-            raise ConfigError(f"insitu.lrs needs 1 or {len(self.hidden) + 1} values, got {len(self.lrs)}")
 
 
 @dataclass(frozen=True)
-class InSituScenario:
+class InSituRunConfig(RunConfig):
+    """A model card plus the hardware it is trained on (module doc)."""
+
     substrate: SubstrateConfig = field(default_factory=lambda: SubstrateConfig(dt_s=5e-7, t_max_s=3e-5, settle_tol=1e-4))
     peripherals: PeripheralConfig = field(default_factory=PeripheralConfig)
     pulsed: PulsedDeviceConfig = field(default_factory=PulsedDeviceConfig)
     update: UpdateConfig = field(default_factory=UpdateConfig)
-    insitu: InSituConfig = field(default_factory=InSituConfig)
+    insitu: InSituSection = field(default_factory=InSituSection)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.learner.algorithm != "cep":
+            raise ConfigError(f"learner.algorithm = '{self.learner.algorithm}': in-situ training runs C-EP on the devices (cep)")
+        if self.net.architecture != "fc" or self.net.cost != "mse":
+            raise ConfigError("in-situ training needs a dense net with the output inside the dynamics (net.architecture "
+                              f"= 'fc', net.cost = 'mse'), got '{self.net.architecture}', '{self.net.cost}'")
+        form(self.net.activation, "kernel", "net.activation")  # the analog kernels must run it
+        if self.device not in ("auto", "cpu"):
+            raise ConfigError(f"device = '{self.device}': in-situ training runs on the CPU (numpy and numba kernels)")
 
 
-def load_insitu(path: str | Path | None, overrides: list[str] | tuple[str, ...] = (),
-                pulsed: str | Path | None = None) -> InSituScenario:
-    """An in-situ card; `pulsed` (a sims/devices/*.toml) replaces its [pulsed] table."""
-    table = read_toml(path, "in-situ card") if path is not None else {}
-    if pulsed is not None:
-        device = read_toml(pulsed, "device card")
-        if "pulsed" not in device:
-            raise ConfigError(f"device card '{pulsed}' has no [pulsed] table")
-        table["pulsed"] = device["pulsed"]
-    try:
-        return build_dataclass(InSituScenario, apply_overrides(table, list(overrides), InSituScenario))
-    except ConfigError as e:
-        raise ConfigError(f"{e}{f' in {path!r}' if path else ''}") from None
+# what an in-situ card does not use (config.key_usage adds these for cards with a [pulsed] table)
+INSITU_UNUSED = {
+    "learner.T_free": "the analog free phase settles (substrate.t_max_s, settle_tol)",
+    "learner.T_eval": "the analog free phase settles (substrate.t_max_s, settle_tol)",
+    "learner.relaxation": "the analog dynamics integrate all layers at once",
+    "train.optimizer": "updates are pulses, not an optimizer's step",
+    "train.momentum": "updates are pulses, not an optimizer's step",
+    "train.weight_decay": "updates are pulses, not an optimizer's step",
+    "train.precision": "the devices are simulated in float64",
+    "train.compile": "the devices are simulated by numpy and numba",
+    "train.cuda_graphs": "in-situ training runs on the CPU",
+    "data.augment": "in-situ training reads the images as they are",
+}
 
 
 class InSituNet:
     """A dense net whose weights are pulsed devices; biases digital."""
 
-    def __init__(self, sc: InSituScenario, n_in: int, n_out: int):
-        from neurohw.config import NetConfig
+    def __init__(self, cfg: InSituRunConfig, n_in: int, n_out: int):
         from neurohw.nets.build import build_net
 
-        cfg = sc.insitu
-        gen = torch.Generator().manual_seed(cfg.seed)
-        net = build_net(NetConfig(hidden=cfg.hidden, activation=cfg.activation, nudge=cfg.nudge, init_gains=(cfg.init_gain,)),
-                        (1, 1, n_in), n_out, generator=gen)
-        rng = np.random.default_rng(cfg.seed)
+        gen = torch.Generator().manual_seed(cfg.train.seed)
+        net = build_net(cfg.net, (1, 1, n_in), n_out, generator=gen)
+        draws = np.random.default_rng(cfg.train.seed)
         self.arrays, self.alpha = [], []
+        omega = cfg.insitu.weight_scaling_omega
         for layer in net.layers:
-            a = PulsedArray(sc.pulsed, tuple(layer.weight.shape), rng)
+            a = PulsedArray(cfg.pulsed, tuple(layer.weight.shape), draws)
             w0 = layer.weight.detach().double().numpy()
             # eq. insitu-scale: W = α·W_dev, the initial max|W| at ω·w_max of the devices
-            omega = cfg.weight_scaling_omega
-            alpha = float(np.abs(w0).max()) / (omega * sc.pulsed.w_max) if omega > 0 else 1.0
+            alpha = float(np.abs(w0).max()) / (omega * cfg.pulsed.w_max) if omega > 0 else 1.0
             a.set_weights(w0 / alpha)
             self.arrays.append(a)
             self.alpha.append(alpha)
         self.biases = [layer.bias.detach().double().numpy().copy() for layer in net.layers]
-        self.act_id = ACTIVATION_IDS[cfg.activation]
-        self.nudge_outside = cfg.nudge == "outside"
-        self.activation = cfg.activation
-        self.ir_drop = sc.peripherals.ir_drop
+        self.act_id = ACTIVATION_IDS[cfg.net.activation]
+        self.nudge_outside = cfg.net.nudge == "outside"
+        self.ir_drop = cfg.peripherals.ir_drop
 
     def crossbars(self) -> Crossbars:
         """The arrays as the dynamics read them (with IR drop when the card sets peripherals.ir_drop;
@@ -139,174 +126,165 @@ class InSituNet:
                        [m.shape[0] for m in w], list(self.alpha), 1.0, self.act_id, self.nudge_outside)
         return with_ir_drop(cb, self.ir_drop, 0.0)  # cb itself when ir_drop = 0
 
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "arrays": [{k: torch.from_numpy(np.ascontiguousarray(getattr(a, k))) for k in ARRAY_STATE} for a in self.arrays],
+            "biases": [torch.from_numpy(b.copy()) for b in self.biases],
+            "alpha": list(self.alpha),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for a, sd in zip(self.arrays, state["arrays"]):
+            for k in ARRAY_STATE:
+                setattr(a, k, sd[k].numpy().copy())
+        self.biases = [b.numpy().copy() for b in state["biases"]]
+        self.alpha = list(state["alpha"])
+
+    def effective_state_dict(self) -> dict[str, torch.Tensor]:
+        """The logical weights α·W_dev (as read) and biases in `LayeredNet`'s layout: what best.pt keeps,
+        so that `neurohw export` works on an in-situ run as on any other."""
+        out = {}
+        for i, (a, alpha, b) in enumerate(zip(self.arrays, self.alpha, self.biases)):
+            out[f"layers.{i}.weight"] = torch.from_numpy(alpha * np.asarray(a.read_weights(), dtype=np.float64))
+            out[f"layers.{i}.bias"] = torch.from_numpy(b.copy())
+        return out
+
 
 class InSituTrainer:
-    def __init__(self, sc: InSituScenario, out: str | Path, data_dir=None, splits=None, log=print):
-        from neurohw.config import DataConfig
+    """In-situ training of an `InSituRunConfig` into a run directory (the EpochSource of `Run`)."""
 
-        self.sc, self.out, self.log = sc, Path(out), log or (lambda _: None)
-        cfg = sc.insitu
+    def __init__(self, cfg: InSituRunConfig, out: str | Path, *, resume: bool = False, overwrite: bool = False,
+                 data_dir=None, splits=None, progress: bool = True, log=print, notes=()):
+        self.cfg = cfg
+        old = Path(out) / "checkpoint.pkl"
+        if resume and old.exists() and not (Path(out) / "checkpoint.pt").exists():
+            raise CheckpointError(
+                f"'{old}' is a checkpoint of the in-situ trainer before the run plumbing (a pickle, neurohw ≤ 8e027bf): "
+                "this version cannot resume it; start a new run (in-situ cards are now model cards with hardware tables: "
+                "sims/insitu_constantstep.toml)"
+            )
+        self.say = log if log is not None else (lambda _: None)
+        self.progress = progress
+        self.run = Run(out, to_dict(cfg), to_toml(cfg), epochs=cfg.train.epochs, patience=cfg.train.patience,
+                       resume=resume, overwrite=overwrite, say=log, notes=notes, keys=("insitu_net", "generators"))
         if splits is None:
-            splits = load_splits(DataConfig(val_size=cfg.val_size, limit_train=cfg.limit_train, limit_eval=cfg.limit_eval), data_dir)
-        else:
-            from neurohw.data import limit_splits
-
-            splits = limit_splits(splits, cfg.limit_train, cfg.limit_eval)
-        self.splits = splits
-        self.info = DATASETS["mnist"]
-        self.net = InSituNet(sc, int(np.prod(self.info.input_shape)), self.info.n_classes)
+            splits = load_splits(cfg.data, data_dir)
+        else:  # given splits (tests, notebooks) obey the same limits as loaded ones
+            splits = limit_splits(splits, cfg.data.limit_train, cfg.data.limit_eval)
+        self.splits, self.info = splits, splits.info
+        self.net = InSituNet(cfg, int(np.prod(self.info.input_shape)), self.info.n_classes)
         n = len(self.net.arrays)
-        self.lrs = list(cfg.lrs) * n if len(cfg.lrs) == 1 else list(cfg.lrs)
-        self.counter = 0
-        self.pulses = 0
-        self.lr_scale = 1.0
+        lrs = cfg.train.lrs
+        if len(lrs) not in (1, n):
+            raise ConfigError(f"train.lrs has {len(lrs)} values but the net has {n} layers (give 1 or {n})")
+        self.lrs0 = list(lrs) * n if len(lrs) == 1 else list(lrs)
+        self.learner = PulsedCEP(cfg.learner.beta, cfg.learner.T_nudge, cfg.learner.estimator,
+                                 interval_steps=cfg.insitu.interval_steps, write=cfg.insitu.write,
+                                 pulse_seed=cfg.insitu.pulse_seed, update_cfg=cfg.update, substrate=cfg.substrate,
+                                 peripherals=cfg.peripherals)
+        self.shuffle_gen = torch.Generator().manual_seed(cfg.train.seed + 1)
+        self.lrs = list(self.lrs0)
+        self.majority = {name: majority_error(getattr(splits, name).labels, self.info.n_classes) for name in ("train", "val")}
+        ck = self.run.load()
+        if ck is not None:
+            self.load_checkpoint_state(ck)
+
+    @property
+    def state(self):
+        return self.run.state
+
+    @property
+    def pulses(self) -> int:
+        return self.learner.pulses
 
     def schedule(self, epoch: int) -> float:
-        """The factor on every η in epoch `epoch` (0-based)."""
-        cfg = self.sc.insitu
-        if cfg.schedule == "none":
+        """The factor on every learning rate in epoch `epoch` (0-based; module doc), with lr_min = 0."""
+        t = self.cfg.train
+        if t.scheduler == "none":
             return 1.0
-        return 0.5 * (1.0 + math.cos(math.pi * epoch / cfg.epochs))
+        span = t.cosine_epochs or t.epochs
+        return 0.5 * (1.0 + math.cos(math.pi * min(epoch, span) / span))
 
-    def _x(self, images) -> np.ndarray:
+    def lrs_of(self, epoch: int) -> list[float]:
+        t = self.cfg.train
+        scale = self.schedule(epoch)
+        if t.scheduler == "none" or t.lr_min == 0.0:
+            return [scale * lr for lr in self.lrs0]
+        return [t.lr_min + (lr - t.lr_min) * scale for lr in self.lrs0]
+
+    @staticmethod
+    def inputs(images: torch.Tensor) -> np.ndarray:
+        """The network input of uint8 images: pixel/255, flattened, float64 (the devices' dtype)."""
         return images.numpy().reshape(len(images), -1).astype(np.float64) / 255.0
 
-    def _write(self, i: int, d: np.ndarray, x: np.ndarray, coeff: float) -> None:
-        """W_i += coeff·Σ_b d_b x_bᵀ as pulses on W_dev = W_i/α_i (outer_update writes W − lr·d xᵀ)."""
-        self.counter += 1
-        self.pulses += outer_update(self.net.arrays[i], x, d, -coeff / self.net.alpha[i], self.sc.update,
-                                    self.sc.insitu.pulse_seed, self.counter)
-
-    def batch_beta(self) -> float:
-        """β of the next batch: +β (one-sided) or ±β with the sign drawn from the counter-based
-        generator at the current write counter (so a resumed run draws the same signs)."""
-        cfg = self.sc.insitu
-        if cfg.estimator == "one-sided":
-            return cfg.beta
-        u = float(rng.uniform(rng.key(cfg.pulse_seed, RANDOM_SIGN_TAG, self.counter)))
-        return cfg.beta if u < 0.5 else -cfg.beta
-
     def train_batch(self, x: np.ndarray, y: np.ndarray, ids: np.ndarray) -> tuple[float, int]:
-        sc, cfg = self.sc, self.sc.insitu
-        cb = self.net.crossbars()
-        s, _, out = twin.relax(cb, sc.substrate, sc.peripherals, x, ids)
-        loss = float(0.5 * ((out - y) ** 2).sum(1).mean())
-        correct = int((out.argmax(1) == y.argmax(1)).sum())
-        b = x.shape[0]
-        beta = self.batch_beta()
-        for k in range(cfg.T_nudge):
-            s_next, _, _ = twin.relax(cb, sc.substrate, sc.peripherals, x, ids, s0=s, y=y, beta=beta,
-                                      steps=cfg.interval_steps, phase=k + 1)
-            pre, pre_n = [x, *s[:-1]], [x, *s_next[:-1]]
-            for i in range(len(self.net.arrays)):
-                coeff = self.lr_scale * self.lrs[i] / (beta * b)
-                if cfg.write == "phase":
-                    self._write(i, s_next[i], pre_n[i], coeff)
-                    self._write(i, s[i], pre[i], -coeff)
-                else:
-                    self._write(i, s_next[i] - s[i], pre_n[i], coeff)
-                    if i > 0:  # the input does not change: x has no Δ term
-                        self._write(i, s[i], pre_n[i] - pre[i], coeff)
-                self.net.biases[i] += coeff * (s_next[i] - s[i]).sum(0)
-            cb = self.net.crossbars()
-            s = s_next
-        return loss, correct
+        return self.learner.step(self.net, x, y, ids, self.lrs)
 
-    def error(self, split) -> float:
+    # ------------------------------------------------------------------- the EpochSource of Run
+    def train_epoch(self, epoch: int) -> tuple[float, float, int]:
+        train, B = self.splits.train, self.cfg.train.batch_size
+        n_batches = len(train) // B
+        if n_batches == 0:
+            raise ConfigError(f"train.batch_size = {B} exceeds the {len(train)} training samples")
+        self.lrs = self.lrs_of(epoch)
+        perm = torch.randperm(len(train), generator=self.shuffle_gen)[: n_batches * B].view(n_batches, B)
+        loss_sum, correct = 0.0, 0
+        bar = progress_bar(n_batches, f"epoch {epoch + 1}/{self.cfg.train.epochs}", self.progress)
+        for bi in range(n_batches):
+            idx = perm[bi]
+            x = self.inputs(train.images[idx])
+            y = np.eye(self.info.n_classes)[train.labels[idx].numpy()]
+            ids = (epoch * len(train) + bi * B + np.arange(B)).astype(np.int64)
+            loss, right = self.train_batch(x, y, ids)
+            loss_sum += loss * B
+            correct += right
+            if bar is not None:
+                bar.update(1)
+        if bar is not None:
+            bar.close()
+        n_seen = n_batches * B
+        return loss_sum / n_seen, 1 - correct / n_seen, n_seen
+
+    def error(self, split: str) -> float:
         from neurohw.substrates.analog import kernels
 
-        x, labels = self._x(split.images), split.labels.numpy()
-        cb = self.net.crossbars()
-        wrong = 0
-        for i in range(0, len(x), 1000):
-            _, _, out = kernels.relax(cb, self.sc.substrate, self.sc.peripherals, x[i : i + 1000], np.arange(i, min(i + 1000, len(x))))
-            wrong += int((out.argmax(1) != labels[i : i + 1000]).sum())
-        return wrong / max(len(x), 1)
+        data = getattr(self.splits, split)
+        if not len(data):
+            return math.nan
+        x, labels = self.inputs(data.images), data.labels.numpy()
+        cb, step, wrong = self.net.crossbars(), self.cfg.train.eval_batch_size, 0
+        for i in range(0, len(x), step):
+            _, _, out = kernels.relax(cb, self.cfg.substrate, self.cfg.peripherals, x[i : i + step], np.arange(i, min(i + step, len(x))))
+            wrong += int((out.argmax(1) != labels[i : i + step]).sum())
+        return wrong / len(x)
 
-    def _scenario_for_resume(self) -> dict:
-        """The scenario a checkpoint must match to be continued (any number of epochs may follow,
-        unless the η schedule depends on it)."""
-        d = {k: asdict(v) for k, v in vars(self.sc).items()}
-        if self.sc.insitu.schedule == "none":
-            d["insitu"].pop("epochs")
-        return d
+    def epoch_metrics(self, epoch: int) -> dict[str, Any]:
+        return {"lrs": list(self.lrs), "pulses": self.learner.pulses}
 
-    def save(self, epoch: int, gen: torch.Generator, best: tuple, history: list) -> None:
-        """checkpoint.pkl after `epoch` epochs: the devices (weights and device-to-device draws), the
-        biases, the pulse counter and the shuffling generator, so that `fit(resume=True)` continues
-        bit for bit (pulse trains and read noise are keyed by counters)."""
-        state = {"epoch": epoch, "net": self.net, "counter": self.counter, "pulses": self.pulses,
-                 "generator": gen.get_state(), "best": best, "history": history, "scenario": self._scenario_for_resume()}
-        with atomic_path(self.out / "checkpoint.pkl") as tmp:
-            with open(tmp, "wb") as f:
-                pickle.dump(state, f, protocol=pickle.HIGHEST_PROTOCOL)
+    def end_epoch(self, epoch: int) -> None:
+        pass
 
-    def _load(self, gen: torch.Generator) -> tuple[int, tuple, list]:
-        path = self.out / "checkpoint.pkl"
-        try:
-            with open(path, "rb") as f:
-                state = pickle.load(f)
-        except FileNotFoundError:
-            raise CheckpointError(f"cannot resume: '{path}' does not exist") from None
-        except (pickle.UnpicklingError, EOFError, AttributeError, ValueError) as e:
-            raise CheckpointError(f"cannot resume: '{path}' is damaged ({type(e).__name__}: {e})") from None
-        ours = self._scenario_for_resume()
-        # keys added to the scenario after the checkpoint was written count with their default value
-        defaults = {k: asdict(v) for k, v in vars(InSituScenario()).items()}
-        saved = lambda sec, k: state["scenario"].get(sec, {}).get(k, defaults[sec].get(k))
-        diff = sorted(f"{sec}.{k}" for sec, t in ours.items() for k, v in t.items() if saved(sec, k) != v)
-        if diff:
-            raise CheckpointError(f"cannot resume '{path}': the scenario differs in {', '.join(diff)}")
-        self.net, self.counter, self.pulses = state["net"], state["counter"], state["pulses"]
-        self.net.ir_drop = self.sc.peripherals.ir_drop  # attributes newer than the checkpoint
-        if not hasattr(self.net, "alpha"):
-            self.net.alpha = [1.0] * len(self.net.arrays)
-        gen.set_state(state["generator"])
-        return state["epoch"], tuple(state["best"]), list(state["history"])
+    def checkpoint_state(self) -> dict[str, Any]:
+        return {
+            "insitu_net": self.net.state_dict(),
+            "counters": {"write": self.learner.counter, "pulses": self.learner.pulses},
+            "generators": {"shuffle": self.shuffle_gen.get_state()},
+        }
 
-    def fit(self, resume: bool = False) -> dict[str, Any]:
-        cfg = self.sc.insitu
-        self.out.mkdir(parents=True, exist_ok=True)
-        metrics = self.out / "metrics.jsonl"
-        gen = torch.Generator().manual_seed(cfg.seed + 1)
-        train = self.splits.train
-        n_batches = len(train) // cfg.batch_size
-        best = (math.inf, 0, math.nan)
-        history = []
-        start = 0
-        if resume:
-            start, best, history = self._load(gen)
-        write_text(metrics, "".join(json.dumps(h) + "\n" for h in history))
-        for epoch in range(start, cfg.epochs):
-            t0 = time.perf_counter()
-            self.lr_scale = self.schedule(epoch)
-            perm = torch.randperm(len(train), generator=gen)[: n_batches * cfg.batch_size].view(n_batches, cfg.batch_size)
-            loss_sum, correct = 0.0, 0
-            for bi in range(n_batches):
-                idx = perm[bi]
-                x = self._x(train.images[idx])
-                y = np.eye(self.info.n_classes)[train.labels[idx].numpy()]
-                ids = (epoch * len(train) + bi * cfg.batch_size + np.arange(cfg.batch_size)).astype(np.int64)
-                l, c = self.train_batch(x, y, ids)
-                loss_sum += l * cfg.batch_size
-                correct += c
-            n_seen = n_batches * cfg.batch_size
-            train_wall = time.perf_counter() - t0
-            val, test = self.error(self.splits.val), self.error(self.splits.test)
-            line = {"epoch": epoch + 1, "train_error": 1 - correct / n_seen, "train_loss": loss_sum / n_seen,
-                    "val_error": val, "test_error": test, "wall_s": time.perf_counter() - t0,
-                    "samples_per_s": n_seen / train_wall, "pulses": self.pulses, "lr_scale": self.lr_scale}
-            history.append(line)
-            with open(metrics, "a") as f:
-                f.write(json.dumps(line) + "\n")
-            if val < best[0]:
-                best = (val, epoch + 1, test)
-            self.save(epoch + 1, gen, best, history)
-            self.log(f"epoch {epoch + 1}/{cfg.epochs}  train {100 * line['train_error']:.2f} %  val {100 * val:.2f} %  "
-                     f"test {100 * test:.2f} %  {line['wall_s']:.0f} s  {self.pulses} pulses")
-        summary = {"val_error": best[0], "best_epoch": best[1], "test_error": best[2], "epochs": cfg.epochs,
-                   "wall_s_total": sum(h["wall_s"] for h in history), "pulses": self.pulses,
-                   "scenario": {k: asdict(v) for k, v in vars(self.sc).items()},
-                   "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        write_text(self.out / "summary.json", json.dumps(summary, indent=2) + "\n")
-        return summary
+    def load_checkpoint_state(self, ck: dict[str, Any]) -> None:
+        self.net.load_state_dict(ck["insitu_net"])
+        self.learner.counter, self.learner.pulses = int(ck["counters"]["write"]), int(ck["counters"]["pulses"])
+        self.shuffle_gen.set_state(ck["generators"]["shuffle"].cpu())
+
+    def best_state(self) -> dict[str, Any]:
+        return {"net": self.net.effective_state_dict()}
+
+    def summary_extras(self) -> dict[str, Any]:
+        return {"algorithm": "cep", "mode": "insitu", "estimator": self.cfg.learner.estimator, "device": "cpu",
+                "update": "pulses", "pulses": self.learner.pulses}
+
+    def fit(self) -> dict[str, Any]:
+        self.run.start()
+        warn = lambda line, earlier: learning_warnings(line, earlier, self.majority, self.cfg.train.lrs)
+        wall = self.run.fit(self, warn)
+        return self.run.summary(wall, self.summary_extras())

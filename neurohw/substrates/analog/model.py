@@ -16,13 +16,14 @@ import numpy as np
 
 from neurohw.config import apply_overrides, build_dataclass, check_choice, check_positive, read_toml, valid_keys
 from neurohw.config import doc_field as _f
-from neurohw.core.activations import ACTIVATIONS
+from neurohw.core.activations import ACTIVATIONS, form, with_form
 from neurohw.devices.inference import NoiseConfig, pcm_conductances
 from neurohw.devices.mapping import DeviceProfile, map_spec
 from neurohw.errors import ConfigError
 from neurohw.spec import NetworkSpec
 
-ACTIVATION_IDS = {name: i for i, name in enumerate(("tanh", "hard_sigmoid", "hard_sigmoid_half", "sigmoid4", "identity"))}
+# the kernels' index of each activation that has a kernel form, in registry order (kernels.py dispatches on it)
+ACTIVATION_IDS = {name: i for i, name in enumerate(with_form("kernel"))}
 INTEGRATORS = {"euler": 0, "rk4": 1}
 
 
@@ -164,8 +165,10 @@ def crossbars_from_spec(spec: NetworkSpec, profile: DeviceProfile | None = None,
     noise = noise or NoiseConfig()
     if any(ls.type != "dense" for ls in spec.layers):
         raise ConfigError("the analog substrate runs dense (fc) networks; this file has conv2d layers")
+    form(spec.activation, "kernel")  # refuses an activation without a kernel form, naming those with one
     if spec.activation not in ACTIVATION_IDS:
-        raise ConfigError(f"activation '{spec.activation}' has no analog kernel; valid: {', '.join(ACTIVATION_IDS)}")
+        raise ConfigError(f"activation '{spec.activation}' was registered after neurohw.substrates.analog was imported; the "
+                          "kernels' table of activations is built at import: register it before")
     if profile is not None:
         spec = map_spec(spec, profile)
     rng = np.random.default_rng(seed)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from neurohw.substrates.analog import rng
+from neurohw.core import rng
 from neurohw.substrates.analog.model import Crossbars, PeripheralConfig, SubstrateConfig, activation_numpy
 
 # read identifiers in the noise keys: input drive, forward read of layer i (≥ 1), feedback into layer i, readout

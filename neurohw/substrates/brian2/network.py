@@ -26,19 +26,15 @@ import brian2 as b2  # noqa: E402
 
 sys.excepthook = _hook  # brian2 installs its own hook at import; a library must not change the host's
 
+from neurohw.core.activations import ACTIVATIONS, form, with_form
 from neurohw.errors import ConfigError
 from neurohw.spec import NetworkSpec
 from neurohw.substrates.brian2.config import Brian2Scenario
 
-# ρ(u) as Brian2 expressions (docs/math.md eq. act); the LIF model encodes ρ ∈ [0, 1] as a firing rate
-RHO = {
-    "tanh": "tanh({u})",
-    "hard_sigmoid": "clip({u}, 0, 1)",
-    "hard_sigmoid_half": "clip(0.5*({u}), 0, 1)",
-    "sigmoid4": "1/(1 + exp(-4*(({u}) - 0.5)))",
-    "identity": "({u})",
-}
-RATE_CODABLE = ("hard_sigmoid", "hard_sigmoid_half", "sigmoid4")
+# ρ(u) is the registry's Brian2 expression (core/activations.py, docs/math.md eq. act); the LIF model
+# encodes ρ ∈ [0, 1] as a firing rate, so it runs the activations whose image lies in [0, 1]
+RATE_CODABLE = tuple(name for name in with_form("brian2")
+                     if ACTIVATIONS.get(name).image[0] >= 0.0 and ACTIVATIONS.get(name).image[1] <= 1.0)
 COMPILERS = ("c++", "g++", "clang++")
 
 
@@ -65,6 +61,7 @@ class DenseNet:
                 raise ConfigError(
                     f"the brian2 substrate runs dense (fc) networks; layer {i:02d} of this file is {ls.type}"
                 )
+        form(spec.activation, "brian2")  # refuses an activation without a Brian2 form, naming those with one
         dyn = [ls for ls in spec.layers if not ls.readout]
         ro = [ls for ls in spec.layers if ls.readout]
         return cls(
@@ -265,7 +262,7 @@ def build(net: DenseNet, x: np.ndarray, sc: Brian2Scenario, *, y: np.ndarray | N
         nin = f" + beta_t(t)*(y - {target})" if last and nudged and not net.nudge_outside else ""
         lines = [f"u = {' + '.join(u_terms)} + b{nin} : 1"]
         kb = eta_over_beta[k]
-        rho = RHO[net.activation].format(u="u")
+        rho = form(net.activation, "brian2").format(u="u")
         if spiking:
             lines += [
                 "dv/dt = (v_inf - v)/tau_m : volt (unless refractory)",

@@ -1,9 +1,11 @@
-"""A counter-based random number generator shared by the numba kernels and their numpy twins.
+"""A counter-based random number generator shared by the numba kernels and their numpy twins
+(the analog substrate's read noise, the pulse trains of the pulsed devices; docs/math.md eq. counter rng).
 
-Every random number of the analog substrate is a pure function of a key built from the scenario
-seed and the coordinates of the draw (sample, step, layer, element, purpose), through the
-SplitMix64 finaliser (Steele, Lea & Flood 2014). So a kernel run in parallel threads, its numpy twin
-and a rerun on another machine draw bit-identical numbers, whatever the scheduling.
+Every random number is a pure function of a key built from a seed and the coordinates of the draw
+(sample, step, layer, element, purpose), through the SplitMix64 finaliser (Steele, Lea & Flood 2014).
+So a kernel run in parallel threads, its numpy twin and a rerun on another machine draw bit-identical
+numbers, whatever the scheduling. This module is the numpy statement; `rng_kernels.py` holds the same
+functions compiled by numba (tested equal).
 
     key(seed, c_1, …, c_k) = mix(… mix(mix(seed) ⊕ c_1) … ⊕ c_k)
     uniform(k) = ((mix(k) >> 11) + 1) · 2⁻⁵³ ∈ (0, 1]
