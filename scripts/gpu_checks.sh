@@ -48,8 +48,9 @@ if [ "$STAGE" = 1 ] || [ "$STAGE" = all ]; then
       *) extra=$SMALL_FC; n=$BATCHES ;;
     esac
     log "stage 1: bench --card $card"
+    COMPILE=""; [ "$card" = mnist_ep_fc1 ] && [ "${QUICK:-0}" != 1 ] && COMPILE="--compile"
     # shellcheck disable=SC2086
-    "$PY" -m neurohw bench --card "models/$card.toml" --device "$DEVICE" --batches "$n" $extra \
+    "$PY" -m neurohw bench --card "models/$card.toml" --device "$DEVICE" --batches "$n" $extra $COMPILE \
       --json "$OUT/bench_$card.json" 2>&1 | tee "$OUT/bench_$card.txt"
   done
   log "stage 1: bench --card mnist_ep_fc1, a whole epoch"
