@@ -172,7 +172,7 @@ def cmd_import_conductances(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from neurohw.simulate import format_report, simulate
 
-    report = simulate(args.file, args.substrate, args.sim, args.n, args.overrides, args.data_dir, args.engine)
+    report = simulate(args.file, args.substrate, args.sim, args.n, args.overrides, args.data_dir, args.engine, args.data)
     print(format_report(report))
     _write_json(args.out, report)
     return 0
@@ -286,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--n", type=int, default=1000, help="test images, ≥ 0 (default 1000; 0: all)")
     sm.add_argument("--engine", help="analog only: kernel (numba, the default) | twin (numpy)")
     sm.add_argument("--data-dir", help="dataset folder")
+    sm.add_argument("--data", help="the file (arrays) or folder (folder) of the network's own dataset, when it was trained "
+                    "on one; its sha256 must match the one the network file records")
     sm.add_argument("--out", help="report.json to write")
     sm.set_defaults(func=cmd_simulate)
 

@@ -34,13 +34,24 @@ def spec_from_run(run_dir: str | Path) -> NetworkSpec:
     if not weights_file.exists():
         raise CheckpointError(f"run '{run.root}' has neither best.pt nor checkpoint.pt")
     try:
-        state = torch.load(weights_file, map_location="cpu", weights_only=True)["net"]
+        saved = torch.load(weights_file, map_location="cpu", weights_only=True)
+        state = saved["net"]
     except Exception as e:
-        raise CheckpointError(f"'{weights_file}' is corrupt or unreadable: {type(e).__name__}: {e}") from None
-    info = DATASETS[cfg.data.dataset]
-    mean = tuple(cfg.data.mean) or info.mean
-    std = tuple(cfg.data.std) or info.std
-    net = build_model(cfg, info.input_shape, info.n_classes)
+        raise CheckpointError(f"'{weights_file}' is corrupt or unreadable ({type(e).__name__})") from None
+    prep = (saved.get("data") or {}).get("preprocessing")
+    record: dict = {}
+    if prep:  # the run recorded its data (every run since the dataset loaders)
+        shape, mean, std, scale = tuple(prep["input_shape"]), tuple(prep["mean"]), tuple(prep["std"]), prep["pixel_scale"]
+        fingerprint = saved["data"].get("fingerprint", {})
+        record = {**fingerprint, **{k: prep[k] for k in ("image_size", "resize", "normalisation", "flat") if k in prep}}
+    elif cfg.data.dataset in DATASETS:  # a run from before: the named dataset's defaults, as it trained with
+        info = DATASETS[cfg.data.dataset]
+        shape, mean, std, scale = info.input_shape, tuple(cfg.data.mean) or info.mean, tuple(cfg.data.std) or info.std, 255.0
+        record = {"dataset": cfg.data.dataset}
+    else:
+        raise CheckpointError(f"'{weights_file}' records no preprocessing of its data ('{cfg.data.dataset}'); retrain the run")
+    last = [k for k in state if k.endswith(".weight") and not k.endswith("weight_backward")][-1]
+    net = build_model(cfg, shape, int(state[last].shape[0]))
     net.load_state_dict(state)
     summary = json.loads(run.summary.read_text()) if run.summary.exists() else {}
     nan = math.nan
@@ -50,9 +61,11 @@ def spec_from_run(run_dir: str | Path) -> NetworkSpec:
         T_nudge=cfg.learner.T_nudge,
         relaxation=cfg.learner.relaxation,
         beta=cfg.learner.beta,
-        image_shape=tuple(info.input_shape),
+        image_shape=tuple(int(d) for d in shape),
         input_mean=tuple(float(m) for m in mean),
         input_std=tuple(float(s) for s in std),
+        pixel_scale=float(scale),
+        dataset=record,
         config_toml=run.config.read_text(),
         algorithm=cfg.learner.algorithm,
         test_error=float(summary.get("test_error", nan)),
@@ -82,7 +95,10 @@ def inspect_text(path: str | Path) -> str:
         f"  trained with {spec.algorithm or '?'} (seed {spec.seed}): validation error {pct(spec.val_error)}, test error {pct(spec.test_error)}",
         f"  {spec.architecture} net, activation {spec.activation}, cost {spec.cost}, nudge {spec.nudge}, "
         f"T_free {spec.T_free}, T_nudge {spec.T_nudge}, beta {spec.beta:g}",
-        f"  input {spec.input_shape} from images {spec.image_shape}: (pixel/255 − {list(spec.input_mean)}) / {list(spec.input_std)}",
+        f"  input {spec.input_shape} from images {spec.image_shape}: ({'pixel/255' if spec.pixel_scale == 255.0 else f'x/{spec.pixel_scale:g}'}"
+        f" − {list(spec.input_mean)}) / {list(spec.input_std)}"
+        + (f"; data: {spec.dataset.get('dataset')} '{spec.dataset.get('path', '')}' sha256 {str(spec.dataset.get('sha256', ''))[:12]}…"
+           if spec.dataset.get("sha256") else ""),
     ]
     if spec.device is not None:
         lines.append(f"  device: {spec.device.model} {json.dumps(spec.device.params, sort_keys=True)}")

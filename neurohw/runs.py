@@ -182,6 +182,7 @@ class Run:
         overwrite: bool, is_main: bool = True, say: Callable[[str], None] | None = None, notes=(), keys=(),
     ):
         self.dir, self.config, self.config_toml = RunDir(root), config, config_toml
+        self.data: dict[str, Any] = {}  # the data's fingerprint and preprocessing (set_data), kept with the run
         self.epochs, self.patience, self.is_main = epochs, patience, is_main
         self.say = say if (say is not None and is_main) else (lambda _: None)
         self.keys = tuple(keys)
@@ -215,6 +216,21 @@ class Run:
             return False
         raise CheckpointError(f"--resume: '{self.dir.root}' holds no run (no checkpoint.pt, no config.toml)")
 
+    def set_data(self, fingerprint: dict[str, Any], preprocessing: dict[str, Any]) -> None:
+        """The data the run trains on: its fingerprint (dataset, resolved path, sha256 — written into
+        config.toml as a comment, kept in the checkpoint and checked on --resume) and its preprocessing
+        (kept with the checkpoint and best.pt, for the exported network)."""
+        self.data = {"fingerprint": dict(fingerprint), "preprocessing": dict(preprocessing)}
+
+    def _config_text(self) -> str:
+        fp = self.data.get("fingerprint")
+        if not fp or not fp.get("sha256"):
+            return self.config_toml
+        return self.config_toml + (
+            f"\n# the data this run trains on (written by neurohw, checked on --resume): dataset = {fp['dataset']}, "
+            f"path = {fp['path']}, sha256 = {fp['sha256']}, files = {fp['files']}\n"
+        )
+
     def start(self) -> None:
         """Create the directory (replacing the files of an overwritten run) and write config.toml; called
         once the training mode is set up, so that a config error leaves nothing behind."""
@@ -225,7 +241,7 @@ class Run:
                 if p.exists():
                     p.unlink()
         self.dir.root.mkdir(parents=True, exist_ok=True)
-        write_text(self.dir.config, self.config_toml)
+        write_text(self.dir.config, self._config_text())
         if self.resume:  # drop the lines of an epoch that never reached its checkpoint
             write_text(self.dir.metrics, "".join(json.dumps(line) + "\n" for line in self.state.history))
 
@@ -239,6 +255,12 @@ class Run:
             raise CheckpointError(f"--resume: the config differs from the checkpoint's in {'; '.join(diff)}")
         if "train" in self.config:
             check_extension(ck["config"], self.config)
+        stored = (ck.get("data") or {}).get("fingerprint")
+        if stored and self.data.get("fingerprint"):  # checkpoints before fingerprints have none to compare
+            from neurohw.data import check_fingerprint
+
+            for note in check_fingerprint(stored, self.data["fingerprint"], f"the run in '{self.dir.root}'"):
+                self.say(f"note: {note}")
         self.state = RunState(**{**ck["state"], "warnings": list(ck["state"].get("warnings", []))})
         self.say(f"resumed '{self.dir.root}' after epoch {self.state.epoch}")
         return ck
@@ -316,7 +338,7 @@ class Run:
         with open(self.dir.metrics, "a") as f:
             f.write(json.dumps(line) + "\n")
         if improved:
-            best = {"epoch": self.state.epoch, **source.best_state()}
+            best = {"epoch": self.state.epoch, **source.best_state(), "data": self.data}
             write_with(self.dir.best, lambda f: torch.save(best, f))
         from neurohw import __version__
 
@@ -327,6 +349,7 @@ class Run:
             "config": self.config,
             "epoch": self.state.epoch,
             "state": {k: getattr(self.state, k) for k in STATE_KEYS},
+            "data": self.data,
             **source.checkpoint_state(),
         }
         write_with(self.dir.checkpoint, lambda f: torch.save(checkpoint, f))

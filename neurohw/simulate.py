@@ -41,6 +41,29 @@ def dataset_of(spec: NetworkSpec) -> str:
         return "mnist"
 
 
+def test_split(spec: NetworkSpec, path, data_dir=None, data: str | None = None) -> tuple:
+    """(test images, test labels) of the dataset the network `path` was trained on: a named dataset from
+    the data directory; an arrays or folder dataset from `data` (its file or folder, resized as in
+    training), refused when its sha256 differs from the one the file records."""
+    from neurohw.config import DataConfig
+    from neurohw.data import FILE_DATASETS, check_fingerprint, dataset_fingerprint
+
+    name = spec.dataset.get("dataset") or dataset_of(spec)
+    if name in FILE_DATASETS:
+        if not data:
+            raise ConfigError(f"'{path}' was trained on an {name} dataset ('{spec.dataset.get('path', '?')}'): pass --data "
+                              f"with its {'file' if name == 'arrays' else 'folder'} to simulate its test split")
+        image_size = tuple(spec.dataset.get("image_size", ()))
+        if spec.dataset.get("sha256"):
+            current = dataset_fingerprint(DataConfig(dataset=name, path=str(data), image_size=image_size), data_dir)
+            check_fingerprint(spec.dataset, current, f"the network '{path}'")
+        return load_raw(name, data_dir, path=str(data), image_size=image_size)[2:]
+    if data:
+        raise ConfigError(f"--data is the file or folder of an arrays or folder dataset; '{path}' was trained on '{name}', "
+                          "which is found in the data directory (--data-dir)")
+    return load_raw(name, data_dir)[2:]
+
+
 def conductance_stats(spec: NetworkSpec) -> dict[str, Any]:
     out = {}
     for i, ls in enumerate(spec.layers):
@@ -66,7 +89,8 @@ def check_n(n: int) -> int:
 
 
 def simulate(path: str | Path, substrate: str = "analog", scenario_path: str | Path | None = None, n: int = 1000,
-             overrides: list[str] | tuple[str, ...] = (), data_dir=None, engine: str | None = None) -> dict[str, Any]:
+             overrides: list[str] | tuple[str, ...] = (), data_dir=None, engine: str | None = None,
+             data: str | None = None) -> dict[str, Any]:
     """The report of `path` run on `substrate` over the first `n` test images (0: all). The analog and
     brian2 substrates take a scenario card and `key=value` overrides, the torch substrate neither;
     `engine` (kernel | twin, default kernel) is the analog substrate's only. Every argument is checked
@@ -98,7 +122,7 @@ def simulate(path: str | Path, substrate: str = "analog", scenario_path: str | P
         from neurohw.substrates.brian2.network import DenseNet
 
         DenseNet.from_spec(spec)
-    _, _, x_test, y_test = load_raw(dataset_of(spec), data_dir)
+    x_test, y_test = test_split(spec, path, data_dir, data)
     n = min(n, len(y_test)) if n > 0 else len(y_test)
     images, labels = x_test[:n].numpy(), y_test[:n].numpy()
     x = spec.preprocess(images)

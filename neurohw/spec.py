@@ -75,11 +75,13 @@ class NetworkSpec:
     beta: float
     input_shape: tuple[int, ...]  # the network input (flattened for a dense first layer)
     image_shape: tuple[int, ...]  # (C, H, W) of the images
-    input_mean: tuple[float, ...]  # per channel: input = (pixel/255 − mean)/std
+    input_mean: tuple[float, ...]  # per channel: input = (pixel/pixel_scale − mean)/std
     input_std: tuple[float, ...]
     layers: tuple[LayerSpec, ...]
     nudge: str = "inside"
     relaxation: str = "sync"  # T_free counts synchronous steps, or async sweeps (docs/math.md eq. async)
+    pixel_scale: float = 255.0  # images are divided by it: 255 for uint8 pixels, 1 for float arrays
+    dataset: dict[str, Any] = field(default_factory=dict)  # the training data: name, path, sha256, resize (docs/hdf5.md)
     config_toml: str = ""
     algorithm: str = ""
     test_error: float = math.nan
@@ -92,9 +94,10 @@ class NetworkSpec:
         return replace(self, **changes)
 
     def preprocess(self, images: np.ndarray) -> np.ndarray:
-        """uint8 images (B, C, H, W) → network input (B, *input_shape), float32."""
+        """Images (B, C, H, W) — uint8 pixels, or the float values of an arrays dataset — → network input
+        (B, *input_shape), float32: (x/pixel_scale − mean)/std per channel."""
         c = len(self.input_mean)
         mean = np.asarray(self.input_mean, dtype=np.float32).reshape(1, c, 1, 1)
         std = np.asarray(self.input_std, dtype=np.float32).reshape(1, c, 1, 1)
-        x = (images.astype(np.float32) / np.float32(255.0) - mean) / std
+        x = (images.astype(np.float32) / np.float32(self.pixel_scale) - mean) / std
         return x.reshape(x.shape[0], *self.input_shape)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 
 from neurohw.config import CONTINUAL, RunConfig, to_dict, to_toml
-from neurohw.data import Preprocess, Splits, augment, draw_augment, limit_splits, load_splits, one_hot
+from neurohw.data import Preprocess, Splits, augment, check_net, draw_augment, limit_splits, load_splits, one_hot
 from neurohw.distributed import DistContext
 from neurohw.errors import ConfigError, DivergenceError
 from neurohw.learning import Learner, build_learner, set_initial_angle, weight_angles_deg
@@ -138,6 +138,8 @@ class Trainer:
         else:  # given splits (tests, notebooks) obey the same limits as loaded ones
             splits = limit_splits(splits, cfg.data.limit_train, cfg.data.limit_eval)
         self.info = splits.info
+        check_net(self.info, cfg.net)
+        self.run.set_data(self.info.fingerprint(), self.info.preprocessing())
         self.train_split, self.val_split, self.test_split = (s.to(self.device) for s in (splits.train, splits.val, splits.test))
         self.net = build_model(cfg, self.info.input_shape, self.info.n_classes).to(device=self.device, dtype=self.dtype)
         # conv nets on CUDA: channels-last tensors (cuDNN's fastest layout); parameters converted once, inputs per batch

@@ -132,7 +132,9 @@ def save_spec(spec: NetworkSpec, path: str | Path, *, neurohw_version: str | Non
                     "image_shape": np.asarray(spec.image_shape, dtype=np.int64),
                     "input_mean": np.asarray(spec.input_mean, dtype=np.float64),
                     "input_std": np.asarray(spec.input_std, dtype=np.float64),
-                    "input_doc": "network input = (pixel/255 - input_mean[c]) / input_std[c], flattened in C order for a dense first layer",
+                    "pixel_scale": float(spec.pixel_scale),
+                    "dataset_json": json.dumps(spec.dataset, sort_keys=True),
+                    "input_doc": "network input = (image/pixel_scale - input_mean[c]) / input_std[c], flattened in C order for a dense first layer",
                 }
             )
             layers = net.create_group("layers")
@@ -251,6 +253,19 @@ def _expected_weight_shape(ls_type: str, in_shape: tuple, out_shape: tuple, kern
     return (out_shape[0], in_shape[0], *kernel)
 
 
+def _dataset_record(r: "_Reader", net) -> dict[str, Any]:
+    """The /network attribute 'dataset_json' (absent in files written before it: {})."""
+    if "dataset_json" not in net.attrs:
+        return {}
+    try:
+        value = json.loads(r.attr(net, "dataset_json", str))
+    except json.JSONDecodeError as e:
+        raise r.fail("/network attribute 'dataset_json'", f"not valid JSON: {e}") from None
+    if not isinstance(value, dict):
+        raise r.fail("/network attribute 'dataset_json'", f"expected a JSON object, got {value!r}")
+    return value
+
+
 def load_spec(path: str | Path) -> NetworkSpec:
     """Read and validate a neurohw HDF5 file; SpecError names the file and what is wrong."""
     import h5py
@@ -363,6 +378,8 @@ def _read(r: _Reader) -> NetworkSpec:
         image_shape=tuple(r.attr(net, "image_shape", tuple)),
         input_mean=tuple(r.attr(net, "input_mean", tuple)),
         input_std=tuple(r.attr(net, "input_std", tuple)),
+        pixel_scale=r.attr(net, "pixel_scale", float) if "pixel_scale" in net.attrs else 255.0,  # files before it: pixels
+        dataset=_dataset_record(r, net),
         layers=tuple(layers),
         config_toml=r.attr(f, "config_toml", str),
         algorithm=r.attr(f, "algorithm", str),

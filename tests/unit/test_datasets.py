@@ -517,3 +517,59 @@ def test_a_tiny_folder_dataset_trains_a_few_batches(tmp_path):
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["net"]
     w = next(v for k, v in state.items() if k.endswith("weight"))
     assert w.shape == (8, 3 * 4 * 5)  # 3 channels resized to 4×5, flattened
+
+
+# ----------------------------------------------------------------- the data of a run, end to end
+def test_a_float_arrays_run_exports_its_preprocessing_and_simulates_from_its_file(tmp_path, capsys):
+    """train → export → simulate --data on float arrays (pixel scale 1, normalisation computed on the
+    training split): the exported file records the data's preprocessing and fingerprint, the torch
+    substrate reproduces the trained net's predictions bit for bit, and a changed file is refused on
+    --resume and by simulate (planted: export taking MNIST's defaults, or simulate skipping the check)."""
+    import torch
+
+    from neurohw.cli import main
+    from neurohw.config import load_config
+    from neurohw.data import DataError
+    from neurohw.io.hdf5 import load_spec
+    from neurohw.simulate import simulate
+    from neurohw.train import train
+
+    g = np.random.default_rng(0)
+    x = g.random((300, 1, 6, 6)) * 3.0 + 1.0  # float values, not pixels: mean ≈ 2.5, std ≈ 0.87
+    y = (x[:, 0, :3].mean((1, 2)) > x[:, 0, 3:].mean((1, 2))).astype(np.int64)
+    data = tmp_path / "d.npz"
+    np.savez(data, x_train=x[:240], y_train=y[:240], x_test=x[240:], y_test=y[240:])
+    run = tmp_path / "run"
+    overrides = ["data.dataset=arrays", f"data.path={data}", "data.val_size=40", "net.hidden=[8]", "train.epochs=1",
+                 "train.lrs=[0.05]", "train.scheduler=none", "learner.T_free=10", "learner.T_nudge=4", "device=cpu"]
+    cfg = load_config(Path(__file__).resolve().parents[2] / "models" / "mnist_ep_fc1.toml", overrides)
+    train(cfg, run, progress=False, log=None)
+    assert "sha256 = " in (run / "config.toml").read_text()
+    assert main(["export", str(run), "--out", str(tmp_path / "net.h5")]) == 0
+    spec = load_spec(tmp_path / "net.h5")
+    assert spec.pixel_scale == 1.0 and spec.dataset["dataset"] == "arrays" and spec.dataset["sha256"]
+    assert spec.input_mean[0] == pytest.approx(x[:240].mean(), abs=0.05) and spec.image_shape == (1, 6, 6)
+    report = simulate(tmp_path / "net.h5", "torch", n=0, data=str(data))
+    ck = torch.load(run / "best.pt", weights_only=True)
+    assert report["n_samples"] == 60 and report["accuracy"] == report["reference_accuracy"]
+    from neurohw.data import Preprocess, load_splits
+    from neurohw.learning import build_learner
+    from neurohw.train import build_model
+
+    splits = load_splits(cfg.data)
+    net = build_model(cfg, (1, 6, 6), 2)
+    net.load_state_dict(ck["net"])
+    pre = Preprocess(splits.info, net.input_shape, torch.device("cpu"), torch.float32)
+    want = build_learner(cfg.learner).predict(net, pre(splits.test.images)).argmax(1).numpy()
+    from neurohw.nets.convert import from_spec  # noqa: F401  (the substrate builds it from the file)
+    from neurohw.substrates.torch import TorchSubstrate
+
+    got = TorchSubstrate().run(spec, spec.preprocess(splits.test.images.numpy())).predictions
+    assert np.array_equal(got, want)
+    with pytest.raises(Exception, match="pass --data"):
+        simulate(tmp_path / "net.h5", "torch", n=0)
+    np.savez(data, x_train=x[:240], y_train=y[:240], x_test=x[240:] + 1e-3, y_test=y[240:])  # the data changed
+    with pytest.raises(DataError, match="changed since the network"):
+        simulate(tmp_path / "net.h5", "torch", n=0, data=str(data))
+    with pytest.raises(DataError, match="changed since the run"):
+        train(load_config(run / "config.toml", ["train.epochs=2"]), run, resume=True, progress=False, log=None)

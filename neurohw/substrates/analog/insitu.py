@@ -172,6 +172,7 @@ class InSituTrainer:
         else:  # given splits (tests, notebooks) obey the same limits as loaded ones
             splits = limit_splits(splits, cfg.data.limit_train, cfg.data.limit_eval)
         self.splits, self.info = splits, splits.info
+        self.run.set_data(self.info.fingerprint(), self.info.preprocessing())
         self.net = InSituNet(cfg, int(np.prod(self.info.input_shape)), self.info.n_classes)
         n = len(self.net.arrays)
         lrs = cfg.train.lrs
@@ -212,10 +213,15 @@ class InSituTrainer:
             return [scale * lr for lr in self.lrs0]
         return [t.lr_min + (lr - t.lr_min) * scale for lr in self.lrs0]
 
-    @staticmethod
-    def inputs(images: torch.Tensor) -> np.ndarray:
-        """The network input of uint8 images: pixel/255, flattened, float64 (the devices' dtype)."""
-        return images.numpy().reshape(len(images), -1).astype(np.float64) / 255.0
+    def inputs(self, images: torch.Tensor) -> np.ndarray:
+        """The network input of a batch of images: (x/scale − mean)/std per channel (docs/math.md eq.
+        input; MNIST: pixel/255 exactly), flattened, float64 (the devices' dtype)."""
+        info = self.info
+        c = images.shape[1]
+        x = images.numpy().reshape(len(images), c, -1).astype(np.float64) / info.scale
+        mean = np.asarray(info.mean, dtype=np.float64).reshape(1, c, 1)
+        std = np.asarray(info.std, dtype=np.float64).reshape(1, c, 1)
+        return ((x - mean) / std).reshape(len(images), -1)
 
     def train_batch(self, x: np.ndarray, y: np.ndarray, ids: np.ndarray) -> tuple[float, int]:
         return self.learner.step(self.net, x, y, ids, self.lrs)
