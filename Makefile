@@ -27,7 +27,7 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m neurohw train models/mnist_ep_fc1.toml train.epochs=1 --out runs/demo --overwrite
-	$(PY) -m neurohw export runs/demo --device sims/reram_64levels.toml --out runs/demo/network.h5
+	$(PY) -m neurohw export runs/demo --device sims/reram_64levels.toml --out runs/demo/network.h5 --overwrite
 	$(PY) -m neurohw simulate runs/demo/network.h5 --substrate analog --sim sims/ideal.toml --n 1000 --out runs/demo/report_analog.json
 	$(PY) -m neurohw simulate runs/demo/network.h5 --substrate brian2 --sim sims/brian2_rate.toml --n 200 --out runs/demo/report_brian2.json
 

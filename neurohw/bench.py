@@ -176,11 +176,13 @@ def format_bench(r: dict) -> str:
     )
 
 
-def run_analog_bench(path, scenario_path=None, n: int = 1000, threads: int = 2, overrides=()) -> dict:
+def run_analog_bench(path, scenario_path=None, n: int = 1000, threads: int = 2, overrides=(), progress: bool = False,
+                     log=None) -> dict:
     """MNIST inferences per second of the analog substrate, numba kernel vs numpy twin, same images and
     scenario: the card (e.g. sims/pcm_1day.toml) with full read noise on top (8-bit DAC and ADC,
     per-read weight and output noise), so that the samples never settle and run t_max_s. `n` ≥ 1 test
-    images (at most the test set; the report's `n` is the number run), `threads` ≥ 1."""
+    images (at most the test set; the report's `n` is the number run), `threads` ≥ 1. The kernel is
+    loaded or compiled before the timing (`compile_s`); `progress` and `log` as in simulate.simulate."""
     check_counts(n, threads, min_threads=1)
     import numba
 
@@ -189,7 +191,8 @@ def run_analog_bench(path, scenario_path=None, n: int = 1000, threads: int = 2, 
     from neurohw.data import load_raw
     from neurohw.io.hdf5 import load_spec
     from neurohw.simulate import dataset_of
-    from neurohw.substrates.analog import AnalogSubstrate, load_scenario
+    from neurohw.progress import Progress
+    from neurohw.substrates.analog import AnalogSubstrate, load_scenario, prepare_kernels
 
     full_noise = ["peripherals.dac_bits=8", "peripherals.adc_bits=8", "peripherals.out_bound=12.0",
                   "peripherals.w_noise=0.02", "peripherals.out_noise=0.02"]
@@ -198,31 +201,38 @@ def run_analog_bench(path, scenario_path=None, n: int = 1000, threads: int = 2, 
     _, _, x_test, y_test = load_raw(dataset_of(spec))
     n = min(n, len(y_test))
     x = spec.preprocess(x_test[:n].numpy())
-    AnalogSubstrate(scenario, "kernel").run(spec, x[:4])  # compile outside the timing
+    compiled, compile_s = prepare_kernels((lambda: log("compiling kernels (first run only) …")) if log else None)
     out = {}
     for engine in ("kernel", "twin"):
-        t0 = time.perf_counter()
-        trace = AnalogSubstrate(scenario, engine).run(spec, x)
-        out[engine] = (time.perf_counter() - t0, float((trace.predictions == y_test[:n].numpy()).mean()))
+        what = f"bench: the analog substrate's {'numba kernel' if engine == 'kernel' else 'numpy twin'} on {n} images"
+        with Progress(n, f"analog {engine}", bar=progress, log=log, what=what,
+                      first_batch=scenario.substrate.batch_size) as bar:
+            t0 = time.perf_counter()
+            trace = AnalogSubstrate(scenario, engine).run(spec, x, progress=bar if progress or log else None)
+            out[engine] = (time.perf_counter() - t0, float((trace.predictions == y_test[:n].numpy()).mean()))
     return {
         "file": str(path), "scenario": str(scenario_path), "n": n, "threads": threads,
         "kernel_inferences_per_s": n / out["kernel"][0], "twin_inferences_per_s": n / out["twin"][0],
         "ratio": out["twin"][0] / out["kernel"][0], "kernel_accuracy": out["kernel"][1], "twin_accuracy": out["twin"][1],
+        "compile_s": compile_s, "kernels_compiled": compiled,
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "date_utc": time.strftime("%Y-%m-%d", time.gmtime()),
     }
 
 
 def run_brian2_bench(path, n: int = 100, targets: tuple[str, ...] = ("numpy", "cython", "cpp_standalone"),
-                     analog_scenario=None, lif_card="sims/brian2_lif.toml", threads: int = 2) -> dict:
+                     analog_scenario=None, lif_card="sims/brian2_lif.toml", threads: int = 2, progress: bool = False,
+                     log=None) -> dict:
     """Brian2 speed on an exported dense network, per code-generation target: the rate model with the
     analog scenario's integration (same Δt/τ and number of steps, so the work per inference is the
     same as the analog substrate's), and the LIF model of `lif_card`. Reports simulated seconds per wall
     second, inferences per second, and the build (code generation, compilation) and run parts; then the
     analog substrate (numba kernel, full read noise) on the same images and step count for the ratio.
-    `n` ≥ 1 test images (at most the test set), `threads` ≥ 1."""
+    `n` ≥ 1 test images (at most the test set), `threads` ≥ 1. `progress`: a bar per model and target;
+    `log`: the estimate of each long one (neurohw/progress.py)."""
     check_counts(n, threads, min_threads=1)
     from neurohw.data import load_raw
     from neurohw.io.hdf5 import load_spec
+    from neurohw.progress import Progress
     from neurohw.simulate import dataset_of
     from neurohw.substrates.analog import load_scenario
     from neurohw.substrates.brian2 import Brian2Substrate, load_brian2_scenario
@@ -239,16 +249,18 @@ def run_brian2_bench(path, n: int = 100, targets: tuple[str, ...] = ("numpy", "c
         for target in targets:
             sc = load_brian2_scenario(card, [*overrides, f"brian2.target={target}"])
             b2sub = Brian2Substrate(sc)
-            t0 = time.perf_counter()
-            pred = b2sub.run(spec, x).predictions
-            wall = time.perf_counter() - t0
+            with Progress(n, f"brian2 {model} {target}", bar=progress, log=log, what=f"bench: Brian2 {model}, {target}, on {n} images",
+                          first_batch=sc.brian2.batch_size) as bar:
+                t0 = time.perf_counter()
+                pred = b2sub.run(spec, x, progress=bar if progress or log else None).predictions
+                wall = time.perf_counter() - t0
             simulated = n * sc.brian2.free_steps * sc.brian2.dt_ms * 1e-3
             rows.append({
                 "model": model, "target": target, "wall_s": wall, "build_s": b2sub.wall_build_s, "run_s": b2sub.wall_run_s,
                 "simulated_s": simulated, "simulated_s_per_wall_s": simulated / wall, "inferences_per_s": n / wall,
                 "steps_per_inference": sc.brian2.free_steps, "accuracy": float((pred == y).mean()),
             })
-    analog = run_analog_bench(path, analog_scenario, n, threads)
+    analog = run_analog_bench(path, analog_scenario, n, threads, progress=progress, log=log)
     cython_rate = [r for r in rows if r["model"] == "rate" and r["target"] == "cython"]
     return {
         "file": str(path), "n": n, "analog_scenario": str(analog_scenario), "analog_steps_per_inference": steps,
@@ -488,3 +500,99 @@ def format_card_bench(r: dict) -> str:
         lines.append(f"  whole epoch ({e['update']}): {e['train_samples']} training + {e['eval_samples']} evaluation samples "
                      f"in {e['wall_s']:.1f} s = {e['samples_per_s']:.0f} training samples/s")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- populations
+def run_population_bench(card: str, overrides=(), *, members: int = 8, batches: int = 20, device: str = "cpu",
+                         threads: int = 0) -> dict:
+    """Samples/s of `members` nets of a card trained as one population program (neurohw/population.py)
+    against the same nets trained one after another on the single-network path (eager, and the static
+    program; the faster is the baseline), on synthetic data of the card's shape, in one run: an epoch of
+    `batches` batches each, after a warm-up epoch. Also the ceiling the work allows: the single net's
+    time per update is split into its compute-bound products (the input drive and the ∂Φ/∂θ contrast,
+    which grow with K in a population too) and the rest (which a population shares); with C and O per
+    update, K members as one program cannot beat K·(C+O)/(K·C + O)."""
+    import tempfile
+
+    from neurohw.config import load_config
+    from neurohw.data import synthetic_splits
+    from neurohw.errors import ConfigError
+    from neurohw.population import Member, Population
+    from neurohw.train import Trainer, resolve_device
+
+    check_counts(batches, threads, 1, min_samples=1)
+    if members < 1:
+        raise ConfigError(f"bench --population must be ≥ 1, got {members}")
+    if threads:
+        torch.set_num_threads(threads)
+    dev = resolve_device(device)
+    base = [*overrides, f"device={dev}", "train.epochs=2", "train.scheduler=none", "train.patience=0"]
+    cfg0 = load_config(card, base)
+    if cfg0.data.dataset not in DATASETS:
+        raise ConfigError(f"bench --population times synthetic data of a named dataset's shape; {card} uses '{cfg0.data.dataset}'")
+    info, B = DATASETS[cfg0.data.dataset], cfg0.train.batch_size
+    splits = synthetic_splits(info, batches * B, min(B, 200), min(B, 200), seed=0)
+    cfgs = [load_config(card, [*base, f"train.seed={k}", f"learner.seed={k}"]) for k in range(members)]
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        pop = Population([Member(f"seed {k}", c, root / "pop" / f"m{k}") for k, c in enumerate(cfgs)], splits=splits,
+                         progress=False, log=None)
+        pop.train_epoch(0, [True] * members)  # warm-up (vmap tracing, allocations)
+        _sync(dev)
+        t0 = time.perf_counter()
+        pop.train_epoch(1, [True] * members)
+        _sync(dev)
+        t_pop = time.perf_counter() - t0
+        singles = {}
+        for name, program in (("eager", False), ("program", True)):
+            total = 0.0
+            for k, c in enumerate(cfgs):
+                tr = Trainer(c, root / name / f"m{k}", resume=False, overwrite=True, data_dir=None, splits=splits,
+                             progress=False, log=None, use_program=program)
+                tr.train_epoch(0)
+                _sync(dev)
+                t0 = time.perf_counter()
+                tr.train_epoch(1)
+                _sync(dev)
+                total += time.perf_counter() - t0
+            singles[name] = total
+        # the compute-bound part of one update of one net: its input drive and contrast products
+        tr = Trainer(cfgs[0], root / "parts", resume=False, overwrite=True, data_dir=None, splits=splits, progress=False, log=None)
+        x = tr.preprocess(splits.train.images[:B].to(tr.device))
+        with torch.no_grad():
+            s = tr.net.init_state(x)
+            s = [t + 0.5 for t in s]
+            part = lambda: (tr.net.input_drive(x), tr.net.phi_param_grads_diff(x, s, tr.net.init_state(x), None, 0.0, 0.0))
+            for _ in range(3):
+                part()
+            _sync(dev)
+            t0 = time.perf_counter()
+            for _ in range(20):
+                part()
+            _sync(dev)
+            c_update = (time.perf_counter() - t0) / 20
+    best_single = min(singles.values())
+    per_update = best_single / (members * batches)
+    o_update = max(per_update - c_update, 0.0)
+    ceiling = members * per_update / (members * c_update + o_update) if c_update + o_update > 0 else float("nan")
+    n = members * batches * B
+    return {
+        "card": str(card), "overrides": list(overrides), "members": members, "batches": batches, "batch_size": B,
+        "device": str(dev), "population_samples_per_s": n / t_pop,
+        "sequential_samples_per_s": {k: n / v for k, v in singles.items()},
+        "speedup": best_single / t_pop, "ceiling": ceiling, "compute_bound_ms_per_update": 1e3 * c_update,
+        "ms_per_update_single": 1e3 * per_update, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+    }
+
+
+def format_population_bench(r: dict) -> str:
+    seq = ", ".join(f"{k} {v:.0f}" for k, v in r["sequential_samples_per_s"].items())
+    return (
+        f"neurohw bench --population {r['members']} --card {r['card']}: {r['batches']} batches of {r['batch_size']} per member, "
+        f"{r['device']}, torch {r['torch']}, {r['threads']} threads, {r['date_utc']} UTC\n"
+        f"  population (one program): {r['population_samples_per_s']:.0f} samples/s\n"
+        f"  {r['members']} single runs one after another: {seq} samples/s\n"
+        f"  speedup {r['speedup']:.2f}× (ceiling {r['ceiling']:.2f}×: per update {r['compute_bound_ms_per_update']:.2f} ms of "
+        f"input drive and contrast products, which grow with the members, of {r['ms_per_update_single']:.2f} ms)"
+    )

@@ -2,7 +2,14 @@
 (also `python -m neurohw`, and under torchrun).
 
 Errors that neurohw raises on bad input are printed as one line `neurohw: error: …` with exit
-status 2; anything else is a bug and keeps its traceback.
+status 2; anything else is a bug and keeps its traceback. When the reader of the output goes away
+(`neurohw keys | head -1`), neurohw stops quietly with exit status 1, as Python's documentation
+recommends for a broken pipe.
+
+Files: a command never replaces work without being told: `train` and `insitu` refuse an existing run
+and `export` an existing network file unless `--overwrite`. Reports that a command rewrites in seconds
+or minutes (`simulate --out`, `bench --json`, `gdu --out`) are replaced, and `import-conductances`
+replaces FILE unless `--out` (its purpose); every command prints the paths it wrote.
 """
 
 from __future__ import annotations
@@ -57,12 +64,30 @@ def _train_card(args: argparse.Namespace, card: str | None, overrides: list[str]
         cfg, out, resume=args.resume, overwrite=args.overwrite, data_dir=args.data_dir, progress=not args.no_progress,
         notes=notes,
     )
+    if not _is_main_process():  # under torchrun every rank trains; rank 0 reports
+        return 0
     pulses = f", {summary['pulses']} pulses" if "pulses" in summary else ""
     print(
         f"{Path(out)}: best epoch {summary['best_epoch']} by validation error "
         f"({100 * summary['val_error']:.2f} %): test error {100 * summary['test_error']:.2f} %{pulses}"
     )
     return 0
+
+
+def _is_main_process() -> bool:
+    """Rank 0 under torchrun (torch.distributed's rank while its group is up, else the RANK that
+    torchrun sets), and the only process otherwise."""
+    import os
+
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    return int(os.environ.get("RANK", "0") or "0") == 0
+
+
+def _say(line: str) -> None:
+    """A progress message (compiling kernels, the estimate of a long run) on stderr, apart from the results."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def cmd_gdu(args: argparse.Namespace) -> int:
@@ -84,6 +109,7 @@ def _write_json(path: str | None, obj: dict) -> None:
         from neurohw.io.atomic import write_text
 
         write_text(path, json.dumps(obj, indent=2) + "\n")
+        print(f"wrote {path}")
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -97,6 +123,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise ConfigError(f"key=value overrides ({' '.join(args.overrides)}) belong to --card")
     if (args.compile or args.batches != 20 or args.epoch_samples) and not args.card:
         raise ConfigError("--compile, --batches and --epoch-samples belong to --card")
+    if args.population:
+        from neurohw.bench import format_population_bench, run_population_bench
+
+        if not args.card:
+            raise ConfigError("--population needs --card, the card whose members to time")
+        if args.compile or args.epoch_samples or args.population < 1:
+            raise ConfigError("--population K (K ≥ 1) times the population program: --compile and --epoch-samples are --card's alone")
+        r = run_population_bench(args.card, args.overrides, members=args.population, batches=args.batches,
+                                 device=args.device, threads=args.threads)
+        print(format_population_bench(r))
+        _write_json(args.json, r)
+        return 0
     if args.card:
         from neurohw.bench import format_card_bench, run_card_bench
 
@@ -114,13 +152,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     bench.check_counts(args.samples, args.threads, args.repeats, min_samples=1 if args.analog or args.brian2 else bench.BATCH)
     if args.brian2:
         targets = tuple(t.strip() for t in args.targets.split(","))
-        r = bench.run_brian2_bench(args.brian2, args.samples, targets, args.sim, threads=args.threads or 2)
+        r = bench.run_brian2_bench(args.brian2, args.samples, targets, args.sim, threads=args.threads or 2,
+                                   progress=not args.no_progress, log=_say)
         print(bench.format_brian2_bench(r))
     elif args.analog:
-        r = bench.run_analog_bench(args.analog, args.sim, args.samples, args.threads or 2)
+        r = bench.run_analog_bench(args.analog, args.sim, args.samples, args.threads or 2, progress=not args.no_progress,
+                                   log=_say)
+        compiled = f"; {r['compile_s']:.1f} s compiling kernels (first run only), not timed" if r["kernels_compiled"] else ""
         print(f"analog substrate, {r['n']} MNIST inferences, {r['threads']} threads: numba kernel "
               f"{r['kernel_inferences_per_s']:.0f}/s, numpy twin {r['twin_inferences_per_s']:.0f}/s ({r['ratio']:.1f} ×); "
-              f"accuracy {100 * r['kernel_accuracy']:.2f} % / {100 * r['twin_accuracy']:.2f} %")
+              f"accuracy {100 * r['kernel_accuracy']:.2f} % / {100 * r['twin_accuracy']:.2f} %{compiled}")
     else:
         r = bench.run_bench(
             samples=args.samples, device=args.device, data_dir=args.data_dir, threads=args.threads, repeats=args.repeats
@@ -133,7 +174,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from neurohw.export import export_run, inspect_text
 
-    out = export_run(args.run, args.out, args.device)
+    if args.format == "nir" or args.sim:  # the NIR graph of the spiking scenario (neurohw/nirtools.py)
+        from neurohw.errors import ConfigError
+        from neurohw.nirtools import export as export_nir
+
+        if args.format != "nir":
+            raise ConfigError("--sim is the spiking scenario of --format nir (e.g. sims/nir_cubalif.toml)")
+        out = export_nir(args.run, args.out, args.sim, args.device, overwrite=args.overwrite)
+        print(f"wrote {out} (NIR graph: input → Affine → CubaLIF population with its recurrent weight → readout → output)")
+        return 0
+    out = export_run(args.run, args.out, args.device, overwrite=args.overwrite)
     print(f"wrote {out}")
     print(inspect_text(out))
     return 0
@@ -172,7 +222,16 @@ def cmd_import_conductances(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from neurohw.simulate import format_report, simulate
 
-    report = simulate(args.file, args.substrate, args.sim, args.n, args.overrides, args.data_dir, args.engine, args.data)
+    if str(args.file).endswith(".nir"):  # a NIR graph, written by neurohw export --format nir or by another tool
+        from neurohw.nirtools import format_report as format_nir, simulate as simulate_nir
+
+        report = simulate_nir(args.file, args.substrate, args.sim, args.n, args.overrides, args.data_dir, args.engine, args.data)
+        print(format_nir(report))
+        _write_json(args.out, report)
+        return 0
+    args.substrate = args.substrate or "analog"
+    report = simulate(args.file, args.substrate, args.sim, args.n, args.overrides, args.data_dir, args.engine, args.data,
+                      progress=not args.no_progress, log=_say)
     print(format_report(report))
     _write_json(args.out, report)
     return 0
@@ -195,10 +254,80 @@ def cmd_insitu(args: argparse.Namespace) -> int:
                        tables, insitu=True)
 
 
+KEY_KINDS = {  # neurohw keys --<kind>: (what the cards are, their config class, its tables listed)
+    "insitu": ("in-situ cards (sims/insitu_*.toml; `neurohw train` or `neurohw insitu`): a model card (`neurohw keys`, "
+               "with learner.algorithm = \"cep\") plus these hardware tables", "neurohw.substrates.analog.insitu:InSituRunConfig",
+               ("substrate", "peripherals", "pulsed", "update", "insitu")),
+    "sim": ("analog scenario cards (sims/ideal.toml, sims/pcm_1day.toml; `simulate --sim`, `bench --analog/--brian2 --sim`, "
+            "overrides key=value); [device] is optional: it re-maps the file's weights onto those devices",
+            "neurohw.substrates.analog.model:Scenario", None),
+    "brian2": ("Brian2 scenario cards (sims/brian2_*.toml; `simulate --substrate brian2 --sim`, overrides key=value)",
+               "neurohw.substrates.brian2.config:Brian2Scenario", None),
+}
+
+
+def _key_lines(cls: type, prefix: str = "", values=None, tables=None) -> list[str]:
+    """`key = default  meaning` for every key of the config dataclass `cls` (nested tables included, an
+    optional one with its own defaults); `values`: the instance whose values are the defaults (a
+    table's default_factory), `tables`: only these top-level fields."""
+    import dataclasses
+    import typing
+
+    from neurohw.config import _toml_value
+
+    hints = typing.get_type_hints(cls)
+    lines = []
+    for f in dataclasses.fields(cls):
+        if tables is not None and f.name not in tables:
+            continue
+        kind = hints[f.name]
+        table = kind if dataclasses.is_dataclass(kind) else next(
+            (a for a in typing.get_args(kind) if dataclasses.is_dataclass(a)), None)  # `DeviceProfile | None`
+        if values is not None:
+            value = getattr(values, f.name)
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            value = f.default
+        if table is not None:
+            lines += _key_lines(table, f"{prefix}{f.name}.", value if value is not None else table())
+        else:
+            text = _toml_value(value)
+            lines.append(f"{prefix + f.name:28s} = {text:14s} {' ' if len(text) >= 14 else ''}{f.metadata.get('doc', '')}")
+    return lines
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from neurohw.errors import ConfigError
+    from neurohw.population import sweep
+
+    card, items = _split_card_and_overrides(args.items)
+    if card is None:
+        raise ConfigError("neurohw sweep needs a model card, e.g. `neurohw sweep models/mnist_ep_fc1.toml train.seed=0,1,2 --out runs/seeds`")
+    if args.members_per_program < 0:
+        raise ConfigError(f"--members-per-program must be ≥ 0 (0: every member of a program at once), got {args.members_per_program}")
+    rows = sweep(card, items, args.out, members_per_program=args.members_per_program, resume=args.resume,
+                 overwrite=args.overwrite, data_dir=args.data_dir, progress=not args.no_progress)
+    if rows:
+        out = Path(args.out)
+        print(f"{out}: {len(rows)} members; wrote {out / 'sweep.csv'}, {out / 'summary.md'}, {out / 'curves.png'}")
+        print((out / "summary.md").read_text().split("\n", 2)[2].rstrip())
+    return 0
+
+
 def cmd_keys(args: argparse.Namespace) -> int:
+    import importlib
+
     from neurohw.config import describe
 
-    print(describe())
+    kind = next((k for k in KEY_KINDS if getattr(args, k)), None)
+    if kind is None:
+        print(describe())
+        return 0
+    title, where, tables = KEY_KINDS[kind]
+    module, name = where.split(":")
+    print(f"# {title}")
+    print("\n".join(_key_lines(getattr(importlib.import_module(module), name), tables=tables)))
     return 0
 
 
@@ -215,7 +344,10 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from neurohw import __version__
+
     p = argparse.ArgumentParser(prog="neurohw", description="Equilibrium Propagation for neuromorphic hardware")
+    p.add_argument("--version", action="version", version=f"neurohw {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model card", description="Train a model card; key=value items override it.")
@@ -250,15 +382,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("overrides", nargs="*", metavar="key=value", help="with --card: card overrides")
     b.add_argument("--batches", type=int, default=20, help="with --card: timed updates per variant, ≥ 1 (default 20)")
     b.add_argument("--compile", action="store_true", help="with --card: add the update through torch.compile (minutes to compile)")
+    b.add_argument("--population", type=int, default=0, metavar="K",
+                   help="with --card: K members of the card as one population program against K single runs one after another")
     b.add_argument("--epoch-samples", type=int, default=0,
                    help="with --card: also time a whole epoch of this many synthetic training samples, evaluation included (0: no)")
     b.add_argument("--json", help="write the figures to this JSON file")
+    b.add_argument("--no-progress", action="store_true", help="with --analog/--brian2: no progress bars (shown on a terminal only)")
     b.set_defaults(func=cmd_bench)
 
     e = sub.add_parser("export", help="write a run's network to HDF5 (optionally mapped onto a device profile)")
     e.add_argument("run", help="run directory (runs/<id>)")
     e.add_argument("--device", help="device profile TOML (sims/<profile>.toml): conductance mapping")
-    e.add_argument("--out", help="HDF5 file to write (default <run>/network.h5)")
+    e.add_argument("--out", help="HDF5 file to write (default <run>/network.h5); an existing file is refused unless --overwrite")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
+    e.add_argument("--format", default="hdf5", choices=("hdf5", "nir"),
+                   help="hdf5 (neurohw's network file, default) | nir (a NIR graph of the spiking scenario; RUN may also be a network file)")
+    e.add_argument("--sim", help="with --format nir: the spiking scenario card (default: sims/nir_cubalif.toml's values)")
     e.set_defaults(func=cmd_export)
 
     i = sub.add_parser("inspect", help="human-readable summary of a network file")
@@ -280,8 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sm = sub.add_parser("simulate", help="run an exported network on a substrate next to the torch reference")
     sm.add_argument("file", help="network file (neurohw export)")
-    sm.add_argument("overrides", nargs="*", metavar="key=value", help="scenario overrides (analog, brian2), e.g. peripherals.adc_bits=6")
-    sm.add_argument("--substrate", default="analog", help="torch | analog | brian2 (default analog); torch takes no --sim or overrides")
+    sm.add_argument("overrides", nargs="*", metavar="key=value",
+                    help="scenario overrides (analog, brian2; `neurohw keys --sim`, `--brian2`), "
+                         "e.g. peripherals.adc_bits=6 peripherals.out_bound=8 (an ADC needs its full scale)")
+    sm.add_argument("--substrate", default=None, help="torch | analog | brian2 (default analog; a .nir file: brian2); torch takes no --sim or overrides")
     sm.add_argument("--sim", help="scenario card sims/<scenario>.toml (default: ideal; brian2: the rate model's defaults)")
     sm.add_argument("--n", type=int, default=1000, help="test images, ≥ 0 (default 1000; 0: all)")
     sm.add_argument("--engine", help="analog only: kernel (numba, the default) | twin (numpy)")
@@ -289,6 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--data", help="the file (arrays) or folder (folder) of the network's own dataset, when it was trained "
                     "on one; its sha256 must match the one the network file records")
     sm.add_argument("--out", help="report.json to write")
+    sm.add_argument("--no-progress", action="store_true", help="no progress bar (shown on a terminal only)")
     sm.set_defaults(func=cmd_simulate)
 
     it = sub.add_parser("insitu", help="in-situ C-EP training on crossbars of pulsed devices (neurohw train of an in-situ card)",
@@ -302,7 +444,25 @@ def build_parser() -> argparse.ArgumentParser:
     it.add_argument("--no-progress", action="store_true", help="no progress bar")
     it.set_defaults(func=cmd_insitu)
 
-    k = sub.add_parser("keys", help="list every config key with its default and meaning")
+    sw = sub.add_parser("sweep", help="train a grid of settings and seeds as populations (many nets at once)",
+                        description="Train CARD for every combination of key=v1,v2,… (values split on top-level commas: "
+                                    "train.lrs=[0.08,0.04],[0.04,0.02]); members sharing their architecture and learner train "
+                                    "as one program. Under torchrun the members are shared out among the processes.")
+    sw.add_argument("items", nargs="*", metavar="CARD [key=v1,v2,… ...]", help="the card, then the grid")
+    sw.add_argument("--out", required=True, help="sweep directory: members/<member>/ run directories, sweep.csv, summary.md, curves.png")
+    sw.add_argument("--members-per-program", type=int, default=0, help="at most this many members per program (0: all that can share one)")
+    sw.add_argument("--resume", action="store_true", help="continue every member from its checkpoint (members not started start)")
+    sw.add_argument("--overwrite", action="store_true", help="replace an existing sweep in --out")
+    sw.add_argument("--data-dir", help="dataset folder")
+    sw.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sw.set_defaults(func=cmd_sweep)
+
+    k = sub.add_parser("keys", help="list every config key with its default and meaning",
+                       description="Every key of a model card (default), or of another kind of card, with its default and meaning.")
+    kinds = k.add_mutually_exclusive_group()
+    kinds.add_argument("--insitu", action="store_true", help="the hardware tables of in-situ cards (sims/insitu_*.toml)")
+    kinds.add_argument("--sim", action="store_true", help="analog scenario cards (simulate --sim, sims/ideal.toml)")
+    kinds.add_argument("--brian2", action="store_true", help="Brian2 scenario cards (sims/brian2_*.toml)")
     k.set_defaults(func=cmd_keys)
 
     di = sub.add_parser("data-info", help="the dataset a card resolves to: splits, input shape, classes, normalisation, path, sha256",
@@ -323,10 +483,23 @@ def main(argv: list[str] | None = None) -> int:
     if extra:
         setattr(args, target, list(getattr(args, target)) + extra)
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # a reader that went away (`| head -1`) is found here at the latest, inside the try
+        return code
     except NeurohwError as e:
         print(f"neurohw: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:
+        # Python's documentation (signal module, "Note on SIGPIPE"): point stdout at devnull so that the
+        # interpreter's last flush does not fail again, and exit with status 1, quietly
+        try:
+            import os
+
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):  # no file descriptor (an in-process caller's stream)
+            pass
+        return 1
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import torch
 
 from neurohw.config import load_config
 from neurohw.data import DATASETS
-from neurohw.errors import CheckpointError
+from neurohw.errors import CheckpointError, ConfigError
 from neurohw.io.hdf5 import load_spec, save_spec
 from neurohw.nets.convert import to_spec
 from neurohw.spec import NetworkSpec
@@ -75,14 +75,20 @@ def spec_from_run(run_dir: str | Path) -> NetworkSpec:
     )
 
 
-def export_run(run_dir: str | Path, out: str | Path | None = None, device_profile: str | Path | None = None) -> Path:
-    """Write the run's network (mapped onto `device_profile` if given) to `out` (default <run>/network.h5)."""
+def export_run(run_dir: str | Path, out: str | Path | None = None, device_profile: str | Path | None = None,
+               overwrite: bool = False) -> Path:
+    """Write the run's network (mapped onto `device_profile` if given) to `out` (default <run>/network.h5);
+    an existing `out` is replaced only with `overwrite` (refused before any work, as `train` refuses to
+    replace a run)."""
+    target = Path(out) if out else Path(run_dir) / "network.h5"
+    if target.exists() and not overwrite:
+        raise ConfigError(f"'{target}' already exists: pass --overwrite to replace it, or another --out")
     spec = spec_from_run(run_dir)
     if device_profile is not None:
         from neurohw.devices.mapping import load_profile, map_spec
 
         spec = map_spec(spec, load_profile(device_profile))
-    return save_spec(spec, out or Path(run_dir) / "network.h5")
+    return save_spec(spec, target)
 
 
 def inspect_text(path: str | Path) -> str:

@@ -227,34 +227,51 @@ def write_h5(result: GDUResult, path: str | Path) -> None:
                 f[f"ep/{name}"].attrs["sign_agreement_with_bptt"] = sign[name]
 
 
-def plot(result: GDUResult, path: str | Path, n_curves: int = 3) -> None:
-    """EP (lines) and BPTT (circles) updates through time for a few neurons and synapses per layer."""
+def figure(result: GDUResult, n_curves: int = 3):
+    """The matplotlib figure of `plot`: per layer, the EP updates (lines) and the BPTT gradients
+    (open circles) through the nudged steps for the `n_curves` neurons (top row) and synapses (bottom
+    row) with the largest updates, one color per entry; axis labels on every panel, one legend for the
+    two markers."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from neurohw.io.atomic import atomic_path
+    from matplotlib.lines import Line2D
 
     n_layers = len(result.config.sizes) - 1
-    fig, axes = plt.subplots(2, n_layers, figsize=(4 * n_layers, 6), squeeze=False)
+    fig, axes = plt.subplots(2, n_layers, figsize=(4 * n_layers, 6.5), squeeze=False)
     t = np.arange(result.config.T_nudge)
     for n in range(n_layers):
-        for row, key, label in ((0, f"s{n}", f"neurons of layer {n + 1}"), (1, f"W{n}", f"synapses W{n}")):
+        for row, key, label, what in ((0, f"s{n}", f"neurons of layer {n + 1}", f"ΔEP_s, ΔBPTT_s (s of layer {n + 1})"),
+                                      (1, f"W{n}", f"synapses W{n}", f"ΔEP_W, ΔBPTT_W (W{n})")):
             ax = axes[row][n]
             ep, bp = result.ep[key], result.bptt[key]
             flat_ep, flat_bp = ep.reshape(len(t), -1), bp.reshape(len(t), -1)
             picks = np.argsort(-np.abs(flat_bp).max(0))[:n_curves]  # the entries with the largest updates
             for j, i in enumerate(picks):
                 color = f"C{j}"
-                ax.plot(t, flat_ep[:, i], "-", color=color, label="EP" if j == 0 else None)
-                ax.plot(t, flat_bp[:, i], "o", color=color, markersize=3.5, mfc="none", label="BPTT" if j == 0 else None)
+                ax.plot(t, flat_ep[:, i], "-", color=color)
+                ax.plot(t, flat_bp[:, i], "o", color=color, markersize=3.5, mfc="none")
             ax.set_title(f"{label}: rel. error {result.relative_errors()[key]:.2e}", fontsize=9)
             ax.set_xlabel("t (nudged step)")
-            ax.legend(fontsize=8)
+            ax.set_ylabel(what, fontsize=8)
+    handles = [Line2D([], [], color="0.2", linestyle="-", label="EP: ΔEP(t) (lines)"),
+               Line2D([], [], color="0.2", linestyle="none", marker="o", mfc="none", label="BPTT: ΔBPTT(t) = −∂L/∂· (open circles)")]
+    fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=8,
+               title=f"one color per neuron or synapse (the {n_curves} largest updates)", title_fontsize=8)
     cfg = result.config
     fig.suptitle(f"GDU check: {cfg.activation}, β={cfg.beta:g} ({cfg.estimator}), T={cfg.T_free}, K={cfg.T_nudge}")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    return fig
+
+
+def plot(result: GDUResult, path: str | Path, n_curves: int = 3) -> None:
+    """Write `figure(result)` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    from neurohw.io.atomic import atomic_path
+
+    fig = figure(result, n_curves)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)

@@ -36,6 +36,24 @@ CAPTURED_LEARNERS = ("ep", "cep", "cvf")
 WARMUP_RUNS = 3  # eager runs on a side stream before capture (cuBLAS/cuDNN initialisation, autotuning)
 
 
+def sgd_update(p: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor | None, neg_lr: torch.Tensor, *,
+               weight_decay: float | torch.Tensor = 0.0, momentum: float | torch.Tensor = 0.0,
+               factor: torch.Tensor | None = None) -> None:
+    """torch.optim.SGD's rule for one parameter, in place, with device-tensor scalars (no host read):
+    d = factor·grad + λ·p, v ← μ·v + d (when `buf` is kept), p ← p + (−η)·v. λ and μ are numbers or
+    tensors (a population's members each have their own); `factor` is C-EP's per-step gradient factor
+    (eq. C-EP-decay)."""
+    d = grad if factor is None else grad.mul(factor)
+    if isinstance(weight_decay, torch.Tensor):  # products then sums: torch.func.vmap cannot batch addcmul_
+        d = d + p * weight_decay
+    elif weight_decay:
+        d = d.add(p, alpha=weight_decay)
+    if buf is not None:
+        buf.mul_(momentum).add_(d)
+        d = buf
+    p.add_(d * neg_lr)
+
+
 class TensorSGD:
     """torch.optim.SGD's step (momentum, weight decay; no dampening or Nesterov) with every group's
     learning rate in a device tensor, so that a captured graph follows the schedule.
@@ -94,16 +112,10 @@ class TensorSGD:
         k = self.k
         for e in self.groups:
             g, decay = e["group"], e.get("decay")
+            factor = e["factors"][k] if decay is not None else None
             for p, buf in zip(g["params"], e["bufs"]):
-                d = p.grad
-                if decay is not None:
-                    d = d.mul(e["factors"][k]).addcmul_(p, decay)
-                elif g["weight_decay"]:
-                    d = d.add(p, alpha=g["weight_decay"])
-                if buf is not None:
-                    buf.mul_(g["momentum"]).add_(d)
-                    d = buf
-                p.addcmul_(d, e["neg_lr"])
+                sgd_update(p, p.grad, buf, e["neg_lr"], weight_decay=decay if decay is not None else g["weight_decay"],
+                           momentum=g["momentum"], factor=factor)
         if self.T:
             self.k = (k + 1) % self.T
 

@@ -285,51 +285,60 @@ class Run:
     def fit(self, source: EpochSource, warnings: Callable[[dict[str, Any], list[dict]], list[str]]) -> float:
         """Train the remaining epochs of `source`; returns this session's wall time. `warnings(line,
         history)` names what an epoch shows about a run that does not learn."""
-        state = self.state
         wall_start = time.perf_counter()
         done = self.finished()
         if done is not None:
             self.say(done)
             return 0.0
-        for epoch in range(state.epoch, self.epochs):
+        for epoch in range(self.state.epoch, self.epochs):
             t0 = time.perf_counter()
-            train_loss, train_error, n_seen = source.train_epoch(epoch)
-            train_wall = time.perf_counter() - t0
-            val_error, test_error = source.error("val"), source.error("test")
-            line = {
-                "epoch": epoch + 1,
-                "train_error": train_error,
-                "train_loss": train_loss,
-                "val_error": val_error,
-                "test_error": test_error,
-                "wall_s": None,
-                "samples_per_s": n_seen / train_wall,
-                **source.epoch_metrics(epoch),
-            }
-            source.end_epoch(epoch)
-            line["wall_s"] = time.perf_counter() - t0
-            state.epoch = epoch + 1
-            state.history.append(line)
-            found = warnings(line, state.history[:-1])
-            if found:
-                line["warnings"] = found
-                state.warnings.extend(found)
-            improved = not (val_error >= state.best_val)  # NaN val (val_size = 0) selects the last epoch
-            if improved:
-                state.best_val, state.best_epoch, state.best_test = val_error, epoch + 1, test_error
-            self.save(source, line, improved)
-            self.say(
-                f"epoch {epoch + 1:3d}/{self.epochs}  train {100 * train_error:6.2f} %  val {100 * val_error:6.2f} %  "
-                f"test {100 * test_error:6.2f} %  {line['wall_s']:7.1f} s  {line['samples_per_s']:8.0f} samples/s"
-                + (f"  {line['pulses']} pulses" if "pulses" in line else "")
-            )
-            for w in found:
-                self.say(f"warning: {w}")
-            stale = state.epoch - state.best_epoch
-            if self.patience and stale >= self.patience:
-                self.say(f"early stop: no better validation error for {stale} epochs")
+            result = source.train_epoch(epoch)
+            if self.close_epoch(source, epoch, result, t0, time.perf_counter() - t0, warnings):
                 break
         return time.perf_counter() - wall_start
+
+    def close_epoch(self, source: EpochSource, epoch: int, result: tuple[float, float, int], t0: float, train_wall: float,
+                    warnings: Callable[[dict[str, Any], list[dict]], list[str]]) -> bool:
+        """Everything after an epoch's training (`result` = mean loss, error rate, samples): evaluation,
+        the metrics line, warnings, selection, checkpoints, the epoch line. True when patience stops the
+        run. (A population of nets trains its members together and closes each member's epoch here.)"""
+        state = self.state
+        train_loss, train_error, n_seen = result
+        val_error, test_error = source.error("val"), source.error("test")
+        line = {
+            "epoch": epoch + 1,
+            "train_error": train_error,
+            "train_loss": train_loss,
+            "val_error": val_error,
+            "test_error": test_error,
+            "wall_s": None,
+            "samples_per_s": n_seen / train_wall,
+            **source.epoch_metrics(epoch),
+        }
+        source.end_epoch(epoch)
+        line["wall_s"] = time.perf_counter() - t0
+        state.epoch = epoch + 1
+        state.history.append(line)
+        found = warnings(line, state.history[:-1])
+        if found:
+            line["warnings"] = found
+            state.warnings.extend(found)
+        improved = not (val_error >= state.best_val)  # NaN val (val_size = 0) selects the last epoch
+        if improved:
+            state.best_val, state.best_epoch, state.best_test = val_error, epoch + 1, test_error
+        self.save(source, line, improved)
+        self.say(
+            f"epoch {epoch + 1:3d}/{self.epochs}  train {100 * train_error:6.2f} %  val {100 * val_error:6.2f} %  "
+            f"test {100 * test_error:6.2f} %  {line['wall_s']:7.1f} s  {line['samples_per_s']:8.0f} samples/s"
+            + (f"  {line['pulses']} pulses" if "pulses" in line else "")
+        )
+        for w in found:
+            self.say(f"warning: {w}")
+        stale = state.epoch - state.best_epoch
+        if self.patience and stale >= self.patience:
+            self.say(f"early stop: no better validation error for {stale} epochs")
+            return True
+        return False
 
     def save(self, source: EpochSource, line: dict[str, Any], improved: bool) -> None:
         """Append the epoch's metrics line; write best.pt if improved and the checkpoint (atomically)."""

@@ -2,7 +2,8 @@
 
 Runs the exported network on a substrate over the first N test images of its dataset, next to the
 torch substrate (the reference) on the same images, and writes report.json: `accuracy`,
-`reference_accuracy`, `agreement` (fraction of equal predictions), `n_samples`, `wall_s`, the
+`reference_accuracy`, `agreement` (fraction of equal predictions), `n_samples`, `wall_s` (the analog
+kernel's loading or first-run compilation is `compile_s`, apart), the
 settling time (continuous-time substrates), the scenario, and the devices that were simulated:
 `conductances` (per layer g_min, g_max, mean in µS and stuck devices, as mapped, before inference
 noise), `device` (model and parameters of that mapping) and `device_source` ("file", "scenario", or
@@ -27,6 +28,7 @@ from neurohw.data import load_raw
 from neurohw.devices.mapping import map_spec
 from neurohw.errors import ConfigError
 from neurohw.io.hdf5 import load_spec
+from neurohw.progress import Progress
 from neurohw.spec import NetworkSpec
 from neurohw.substrates.torch import TorchSubstrate
 
@@ -90,11 +92,13 @@ def check_n(n: int) -> int:
 
 def simulate(path: str | Path, substrate: str = "analog", scenario_path: str | Path | None = None, n: int = 1000,
              overrides: list[str] | tuple[str, ...] = (), data_dir=None, engine: str | None = None,
-             data: str | None = None) -> dict[str, Any]:
+             data: str | None = None, progress: bool = False, log=None) -> dict[str, Any]:
     """The report of `path` run on `substrate` over the first `n` test images (0: all). The analog and
     brian2 substrates take a scenario card and `key=value` overrides, the torch substrate neither;
     `engine` (kernel | twin, default kernel) is the analog substrate's only. Every argument is checked
-    before any simulation starts."""
+    before any simulation starts. `progress`: a progress bar (on a terminal); `log(line)`, if given,
+    receives "compiling kernels (first run only)" when the analog kernel compiles (its time is reported
+    apart, `compile_s`, not in `wall_s`) and the estimate of a long run's time (neurohw/progress.py)."""
     if substrate not in SUBSTRATES:
         raise ConfigError(f"unknown substrate '{substrate}'; valid: {', '.join(SUBSTRATES)}")
     n = check_n(n)
@@ -137,10 +141,12 @@ def simulate(path: str | Path, substrate: str = "analog", scenario_path: str | P
         from neurohw.substrates.brian2 import Brian2Substrate
 
         sub = Brian2Substrate(b2_scenario)
-        t0 = time.perf_counter()
-        predictions = sub.run(spec, x).predictions
-        wall = time.perf_counter() - t0
         b = b2_scenario.brian2
+        what = f"simulating {n} images on Brian2 ({b.model}, {sub._target()})"
+        with Progress(n, "brian2", bar=progress, log=log, what=what, first_batch=b.batch_size) as bar:
+            t0 = time.perf_counter()
+            predictions = sub.run(spec, x, progress=bar).predictions
+            wall = time.perf_counter() - t0
         simulated_s = n * b.free_steps * b.dt_ms * 1e-3
         extra = {
             "scenario_file": str(scenario_path) if scenario_path else None,
@@ -152,9 +158,16 @@ def simulate(path: str | Path, substrate: str = "analog", scenario_path: str | P
             "simulated_s_per_wall_s": simulated_s / wall if wall > 0 else None,
         }
     else:
-        t0 = time.perf_counter()
-        trace = analog.run(spec, x)
-        wall = time.perf_counter() - t0
+        compiled, compile_s = False, 0.0
+        if engine == "kernel":  # load or compile the kernel before the timing (compiling: tens of seconds)
+            from neurohw.substrates.analog import prepare_kernels
+
+            compiled, compile_s = prepare_kernels((lambda: log("compiling kernels (first run only) …")) if log else None)
+        what = f"simulating {n} images on the analog substrate ({engine})"
+        with Progress(n, "analog", bar=progress, log=log, what=what, first_batch=scenario.substrate.batch_size) as bar:
+            t0 = time.perf_counter()
+            trace = analog.run(spec, x, progress=bar)
+            wall = time.perf_counter() - t0
         predictions = trace.predictions
         dt = scenario.substrate.dt_s
         if scenario.device is not None:  # the substrate re-mapped the weights onto the scenario's devices (eq. map)
@@ -165,6 +178,8 @@ def simulate(path: str | Path, substrate: str = "analog", scenario_path: str | P
             "settling_time_s": {"mean": float(trace.steps.mean() * dt), "max": float(trace.steps.max() * dt)},
             "unsettled": int((trace.steps >= scenario.substrate.max_steps).sum()),
             "engine": engine,
+            "compile_s": compile_s,  # making the kernel ready: compiling it (kernels_compiled) or loading it from numba's cache
+            "kernels_compiled": compiled,
         }
     remapped = simulated is not spec
     report.update(
@@ -200,7 +215,7 @@ def format_report(r: dict[str, Any]) -> str:
     lines = [
         f"{r['file']} on {r['substrate']}: accuracy {100 * r['accuracy']:.2f} % on {r['n_samples']} test images "
         f"(torch reference {100 * r['reference_accuracy']:.2f} %, agreement {100 * r['agreement']:.2f} %), "
-        f"{r['wall_s']:.1f} s"
+        f"{r['wall_s']:.1f} s" + (f" (and {r['compile_s']:.1f} s compiling kernels, first run only)" if r.get("kernels_compiled") else "")
     ]
     if r.get("device_source") == "scenario":
         was = (f"the file's mapping, {_mapping_text(r['file_device'], r['file_conductances'])}, was not used"

@@ -118,11 +118,12 @@ class Trainer:
 
     def __init__(
         self, cfg: RunConfig, out: str | Path, *, resume: bool, overwrite: bool, data_dir, splits, progress: bool, log,
-        notes: list[str] | tuple[str, ...] = (), use_program: bool = False,
+        notes: list[str] | tuple[str, ...] = (), use_program: bool = False, distributed: bool = True,
     ):
         self.cfg = cfg
         want = "cuda" if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu"
-        self.ctx = ctx = DistContext.from_env(want)
+        # distributed=False: one process trains the whole batch even under torchrun (a sweep's members)
+        self.ctx = ctx = DistContext.from_env(want) if distributed else DistContext()
         self.device = resolve_device(cfg.device, ctx.local_rank)
         self.dtype = getattr(torch, cfg.dtype)
         if cfg.train.batch_size % ctx.world_size:

@@ -11,7 +11,8 @@ learning rates; the forward learning rates are fc1's). Every run uses the same v
 (5,000 training images, `data.split_seed` 0), no augmentation, `train.epochs` = --epochs, CPU and
 float32; the test error is that of the epoch with the lowest validation error. Writes, under --out,
 one run directory per method, `table.md` (the markdown table) and `compare.json`; the bar chart goes
-to --figure (default docs/figures/compare_mnist.png).
+to --figure (default <--out>/compare_mnist.png: the tracked docs/figures/compare_mnist.png is replaced
+only when named). Prints the table and every path it wrote.
 """
 
 from __future__ import annotations
@@ -120,15 +121,20 @@ def bar_chart(rows: list[dict], path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def chart_title(epochs: int, limit_train: int) -> str:
+    data = f"first {limit_train:,} training images" if limit_train > 0 else "all training images"
+    return f"MNIST 784-512-10, {epochs} epoch(s), {data} (--limit-train {limit_train}), same data and splits for every method"
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--out", default="runs/compare")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--limit-train", type=int, default=0, help="use only the first N training images (0 = all)")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--figure", default=str(ROOT / "docs" / "figures" / "compare_mnist.png"))
-    args = p.parse_args()
+    p.add_argument("--figure", help="the bar chart (default <--out>/compare_mnist.png)")
+    args = p.parse_args(argv)
     if args.epochs < 1:
         raise SystemExit("compare: --epochs must be ≥ 1")
     torch.set_num_threads(args.threads)
@@ -138,10 +144,12 @@ def main() -> None:
     except NeurohwError as e:
         raise SystemExit(f"compare: error: {e}")
     text = table(rows)
+    figure = Path(args.figure) if args.figure else out / "compare_mnist.png"
     write_text(out / "table.md", text)
     write_text(out / "compare.json", json.dumps(rows, indent=2) + "\n")
-    bar_chart(rows, Path(args.figure), f"MNIST 784-512-10, {args.epochs} epoch(s), same data and splits for every method")
+    bar_chart(rows, figure, chart_title(args.epochs, args.limit_train))
     print(text)
+    print(f"wrote {out / 'table.md'}, {out / 'compare.json'} and {figure}")
 
 
 if __name__ == "__main__":

@@ -129,12 +129,18 @@ def _tanh_torch(torch) -> TorchForms:
     return TorchForms(torch.tanh, torch.tanh_, torch.tanh_)
 
 
+def _clip01_(a):
+    """clamp(a, 0, 1) in place, as two one-sided clamps (the same numbers; torch.func.vmap cannot batch
+    clamp_, and a population of nets runs its steps under vmap)."""
+    return a.clamp_min_(0.0).clamp_max_(1.0)
+
+
 def _hard_sigmoid_torch(torch) -> TorchForms:
-    return TorchForms(lambda a: a.clamp(0.0, 1.0), lambda a: a.clamp_(0.0, 1.0), lambda a: a.clamp_(0.0, 1.0))
+    return TorchForms(lambda a: a.clamp(0.0, 1.0), _clip01_, _clip01_)
 
 
 def _hard_sigmoid_half_torch(torch) -> TorchForms:
-    return TorchForms(lambda a: (0.5 * a).clamp(0.0, 1.0), lambda a: a.mul_(0.5).clamp_(0.0, 1.0), lambda a: a.clamp_(0.0, 1.0))
+    return TorchForms(lambda a: (0.5 * a).clamp(0.0, 1.0), lambda a: _clip01_(a.mul_(0.5)), _clip01_)
 
 
 def _sigmoid4_torch(torch) -> TorchForms:

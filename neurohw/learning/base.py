@@ -93,13 +93,15 @@ class BetaSampler:
             return 1.0
         return 1.0 if float(torch.rand((), generator=self.generator)) < 0.5 else -1.0
 
-    def betas(self, sign: Scalar = 1.0) -> tuple[Scalar, Scalar]:
-        """(β₁, β₂) for a drawn `sign` (a number, or a 0-dim tensor of ±1 on the device)."""
+    def betas(self, sign: Scalar = 1.0, beta: Scalar | None = None) -> tuple[Scalar, Scalar]:
+        """(β₁, β₂) for a drawn `sign` (a number, or a 0-dim tensor of ±1 on the device); `beta`, when
+        given, replaces the sampler's |β| (a population's members each have their own, as a tensor)."""
+        b = self.beta if beta is None else beta
         if self.estimator == "one-sided":
-            return 0.0, self.beta
+            return 0.0, b
         if self.estimator == "symmetric":
-            return -self.beta, self.beta
-        return 0.0, sign * self.beta
+            return -b, b
+        return 0.0, sign * b
 
     def draw(self) -> tuple[float, float]:
         return self.betas(self.draw_sign())

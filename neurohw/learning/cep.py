@@ -69,13 +69,14 @@ class _Continual(RelaxationPredictor, abc.ABC):
     @torch.no_grad()
     def update(
         self, net: LayeredNet, x: torch.Tensor, y: torch.Tensor, sign: Scalar, apply: Apply,
-        flags: FiniteFlags | None = None,
+        flags: FiniteFlags | None = None, beta: Scalar | None = None,
     ) -> dict[str, torch.Tensor]:
         """One batch with the sign of β given (a number, or a tensor on the device): `apply` is
-        called after each of the T_nudge per-step updates; returns the batch statistics at s*."""
+        called after each of the T_nudge per-step updates; returns the batch statistics at s*. `beta`
+        replaces |β| (a population member's own)."""
         net.check_batch(x, y)
         self.check_net(net)
-        params, beta = net.param_list(), self.sampler.betas(sign)[1]
+        params, beta = net.param_list(), self.sampler.betas(sign, beta)[1]
         ops = self.operands
         x_drive, s = free_phase(net, x, self.T_free, order=self.relaxation, flags=flags, operands=ops)
         stats = batch_stats(net, s, y)

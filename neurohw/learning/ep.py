@@ -92,12 +92,14 @@ class EP(RelaxationPredictor):
 
     def update(
         self, net: LayeredNet, x: torch.Tensor, y: torch.Tensor, sign: Scalar, apply: Apply,
-        flags: FiniteFlags | None = None,
+        flags: FiniteFlags | None = None, beta: Scalar | None = None,
     ) -> dict[str, torch.Tensor]:
         """One batch with the sign of β given (a number, or a tensor on the device): writes −Δθ/B into
-        `.grad`, calls `apply` once, returns the batch statistics at s*."""
+        `.grad`, calls `apply` once, returns the batch statistics at s*. `beta` replaces |β| (a
+        population member's own)."""
         net.check_batch(x, y)
-        delta, s_free = self.estimate(net, x, y, self.sampler.betas(sign), scale=-1.0 / x.shape[0], flags=flags)
+        betas = self.sampler.betas(sign, beta)
+        delta, s_free = self.estimate(net, x, y, betas, scale=-1.0 / x.shape[0], flags=flags)
         set_grads(net.param_list(), delta, 1.0)
         apply()
         return batch_stats(net, s_free, y)

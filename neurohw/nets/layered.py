@@ -245,16 +245,17 @@ Scalar = float | torch.Tensor  # a per-phase scalar: a number, or a 0-dim tensor
 
 def _axpy(out: torch.Tensor, t: torch.Tensor, coef: Scalar, inplace: bool) -> torch.Tensor:
     """out + coef·t (in place when `inplace`); a tensor `coef` stays on the device (no host sync)."""
-    if isinstance(coef, torch.Tensor):
-        return out.addcmul_(t, coef) if inplace else out.addcmul(t, coef)
+    if isinstance(coef, torch.Tensor):  # a product then a sum (torch.func.vmap cannot batch addcmul_)
+        return out.add_(t * coef) if inplace else out + t * coef
     return out.add_(t, alpha=coef) if inplace else out.add(t, alpha=coef)
 
 
-def _add_mm_(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, coef: Scalar) -> torch.Tensor:
-    """out += coef·(a @ b), in place."""
+def _add_mm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, coef: Scalar) -> torch.Tensor:
+    """out + coef·(a @ b), a fresh tensor (the same numbers as in-place `addmm_`, which torch.func.vmap
+    cannot batch: a population of nets runs this step under vmap)."""
     if isinstance(coef, torch.Tensor):
-        return out.addmm_(a * coef, b)
-    return out.addmm_(a, b, alpha=coef)
+        return torch.addmm(out, a * coef, b)
+    return torch.addmm(out, a, b, alpha=coef)
 
 
 def _is_zero(beta: Scalar) -> bool:
@@ -366,7 +367,7 @@ class Phase:
             return torch.addmm(const, s[1], self.back_w[1], alpha=k) if n > 1 else const.clone()
         u = torch.addmm(const, s[i - 1], self.fwd_w[i], alpha=k)
         if i + 1 < n:
-            u.addmm_(s[i + 1], self.back_w[i + 1], alpha=k)
+            u = torch.addmm(u, s[i + 1], self.back_w[i + 1], alpha=k)  # not addmm_: vmap (populations) cannot batch it
         return u
 
     def _softmax_error(self, s_last: torch.Tensor) -> torch.Tensor:
@@ -381,13 +382,13 @@ class Phase:
             if self.nudge_mse:
                 u = _axpy(u, s[i], self.neg_k_beta, True)
             else:
-                _add_mm_(u, self._softmax_error(s[i]), self.readout.weight, self.neg_k_beta)
+                u = _add_mm(u, self._softmax_error(s[i]), self.readout.weight, self.neg_k_beta)
         r = self.g(u)
         if last and not self.inside and self.nudged:
             if self.nudge_mse:
                 _axpy(r, s[i], self.neg_beta, True).add_(self.beta_y)
             else:
-                _add_mm_(r, self._softmax_error(s[i]), self.readout.weight, self.neg_beta)
+                r = _add_mm(r, self._softmax_error(s[i]), self.readout.weight, self.neg_beta)
         return r
 
     # --------------------------------------------------------------------------------- steps

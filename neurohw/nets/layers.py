@@ -120,7 +120,7 @@ class Dense(nn.Module):
         if s_in_a is s_in_b:
             d = s_out_a - s_out_b
             return [d.t() @ s_in_a.flatten(1), d.sum(0)]
-        dw = torch.mm(s_out_a.t(), s_in_a.flatten(1)).addmm_(s_out_b.t(), s_in_b.flatten(1), alpha=-1.0)
+        dw = torch.addmm(torch.mm(s_out_a.t(), s_in_a.flatten(1)), s_out_b.t(), s_in_b.flatten(1), alpha=-1.0)
         return [dw, s_out_a.sum(0) - s_out_b.sum(0)]
 
     def extra_repr(self) -> str:
@@ -187,7 +187,11 @@ class Conv2d(nn.Module):
     def unpool(self, s_out: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
         """∂⟨s_out, P(y)⟩/∂y: the state routed back to the convolution's output grid."""
         if self.pool == "max2":
-            return F.max_unpool2d(s_out, ctx, 2, output_size=self.conv_shape[1:])
+            # max-unpooling as a scatter onto the convolution's grid (the same numbers as F.max_unpool2d,
+            # which torch.func.vmap cannot batch: a population of nets runs this under vmap)
+            b, c = s_out.shape[:2]
+            grid = s_out.new_zeros(b, c, self.conv_shape[1] * self.conv_shape[2])
+            return grid.scatter(2, ctx.flatten(2), s_out.flatten(2)).view(b, c, *self.conv_shape[1:])
         if self.pool == "avg2":
             g = s_out.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3).mul(0.25)
             dh, dw = self.conv_shape[1] - g.shape[2], self.conv_shape[2] - g.shape[3]

@@ -77,7 +77,8 @@ class PeripheralConfig:
         if self.dac_bits and not self.inp_bound > 0:
             raise ConfigError("peripherals.inp_bound must be > 0 with a DAC")
         if self.adc_bits and not self.out_bound > 0:
-            raise ConfigError("peripherals.out_bound must be > 0 with an ADC (the ADC's full scale)")
+            raise ConfigError("peripherals.out_bound must be > 0 with an ADC (the ADC's full scale, e.g. "
+                              "peripherals.out_bound=8 for the 784-512-10 MNIST nets, docs/results.md §4)")
 
     @property
     def dac_delta(self) -> float:

@@ -3,7 +3,9 @@
 * rate model: leaky-integrator rate neurons τ ds/dt = −s + ρ(u) (the analog substrate's dynamics);
 * LIF model: leaky integrate-and-fire neurons whose firing rate encodes ρ(u) through the inverse of
   their f–I curve, exponential synapses, optional Poisson input;
-* C-EP as plasticity: in the nudged phase every synapse follows dw/dt = (η/β) d(r_pre r_post)/dt.
+* C-EP as plasticity: in the nudged phase every synapse follows dw/dt = (η/β) d(r_pre r_post)/dt;
+* cubalif model: NIR's current-based LIF neurons, the layered net as one recurrent population
+  (cubalif.py; what `neurohw export --format nir` writes and `neurohw simulate FILE.nir` reads).
 
 `Brian2Substrate(scenario).run(spec, x)` runs the free phase; `.nudged(spec, x, y, lrs=…)` both
 phases with optional plasticity. brian2 is imported only when a simulation is built.
@@ -50,8 +52,10 @@ class Brian2Substrate:
             self.target = resolve_target(self.scenario.brian2.target)
         return self.target
 
-    def _simulate(self, net, x, **kw) -> tuple[Any, dict[str, np.ndarray]]:
-        """Build and run one batch; returns (Built, the state variables read back)."""
+    def _simulate(self, net, x, report=None, **kw) -> tuple[Any, dict[str, np.ndarray]]:
+        """Build and run one batch; returns (Built, the state variables read back). `report(f)`, if
+        given, is called with the fraction f of the batch's simulated time done, every second of wall
+        time (brian2's run report; the runtime targets only: cpp_standalone runs as one program)."""
         import brian2 as b2
 
         from neurohw.errors import SubstrateError
@@ -62,8 +66,12 @@ class Brian2Substrate:
         with codegen(target):
             built = build(net, x, self.scenario, **kw)
             t1 = time.perf_counter()
+            run_kw = {}
+            if report is not None and target != "cpp_standalone":
+                run_kw = {"report": lambda elapsed, completed, start, duration: report(float(completed)),
+                          "report_period": 1.0 * b2.second}
             try:
-                built.net.run(built.duration * b2.second, namespace={})
+                built.net.run(built.duration * b2.second, namespace={}, **run_kw)
             except ConfigError:
                 raise
             except Exception as e:
@@ -96,11 +104,16 @@ class Brian2Substrate:
         lif = self.scenario.lif
         return out[f"{name}{k}"].reshape(B, -1) / (lif.nu_max_Hz * lif.read_ms * 1e-3)
 
-    def run(self, spec: NetworkSpec, x: np.ndarray, cfg=None, rng=None) -> Trace:
+    def run(self, spec: NetworkSpec, x: np.ndarray, cfg=None, rng=None, progress=None) -> Trace:
         """Free phase of the network inputs `x` (B, n_in); outputs at its end (LIF: spike counts of
-        the last `lif.read_ms`), batch by batch."""
+        the last `lif.read_ms`), batch by batch. `progress`, if given, is called with the number of
+        samples done: after every batch, and within one (a fraction of it) every second of wall time."""
         from neurohw.substrates.brian2.network import DenseNet
 
+        if self.scenario.brian2.model == "cubalif":  # NIR's CubaLIF neurons, one recurrent population (cubalif.py)
+            from neurohw.substrates.brian2 import cubalif
+
+            return Trace(self.run_cubalif(cubalif.from_spec(spec, self.scenario.cubalif)[0], x))
         net = DenseNet.from_spec(spec)
         x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
         sc = self.scenario.brian2
@@ -108,11 +121,23 @@ class Brian2Substrate:
         for k0 in range(0, len(x), sc.batch_size):
             xb = x[k0 : k0 + sc.batch_size]
             _seed(sc.seed + k0 // sc.batch_size)
-            _, out = self._simulate(net, xb)
+            report = None if progress is None else (lambda f, k0=k0, m=len(xb): progress(k0 + f * m))
+            _, out = self._simulate(net, xb, report=report)
+            if progress is not None:
+                progress(k0 + len(xb))
             L = len(net.weights) - 1
             s_last = self._rates(out, "count", L, len(xb)) if sc.model == "lif" else out[f"s{L}"].reshape(len(xb), -1)
             outs.append(net.scores(s_last))
         return Trace(np.concatenate(outs) if outs else np.zeros((0, spec.layers[-1].out_shape[0])))
+
+    def run_cubalif(self, net, x: np.ndarray) -> np.ndarray:
+        """The time-averaged output (B, n_out) of a CubaLIFNet (a NIR graph's population, cubalif.py) for inputs x."""
+        from neurohw.substrates.brian2 import cubalif
+
+        if self.scenario.brian2.model != "cubalif":
+            raise ConfigError(f"a NIR network runs on brian2.model = 'cubalif' (NIR's CubaLIF neurons), not "
+                              f"'{self.scenario.brian2.model}': use --sim sims/nir_cubalif.toml")
+        return cubalif.simulate(net, x, self.scenario, self._target(), timer=self)
 
     def output_trajectory(self, spec: NetworkSpec, x: np.ndarray, every_ms: float = 5.0) -> tuple[np.ndarray, np.ndarray]:
         """The output scores during the free phase: (times (T,) in s, scores (T, B, n_out)); LIF: spike

@@ -1,10 +1,12 @@
-"""Scenario cards of the Brian2 substrate (sims/brian2_*.toml): tables [brian2] and [lif].
+"""Scenario cards of the Brian2 substrate (sims/brian2_*.toml, sims/nir_cubalif.toml): tables [brian2],
+[lif], [cubalif] and [nir].
 
 Pure dataclasses (no brian2 import), so a card is checked before any simulation starts.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,14 +14,15 @@ from neurohw.config import apply_overrides, build_dataclass, check_choice, check
 from neurohw.config import doc_field as _f
 from neurohw.errors import ConfigError
 
-MODELS = ("rate", "lif")
+MODELS = ("rate", "lif", "cubalif")
 TARGETS = ("auto", "numpy", "cython", "cpp_standalone")
 INPUTS = ("rate", "poisson")
 
 
 @dataclass(frozen=True)
 class Brian2Config:
-    model: str = _f("rate", "rate (leaky-integrator rate neurons) | lif (leaky integrate-and-fire, rate-coded)")
+    model: str = _f("rate", "rate (leaky-integrator rate neurons) | lif (leaky integrate-and-fire, rate-coded) | "
+                    "cubalif (NIR's current-based LIF, linear input current, one recurrent population)")
     target: str = _f("auto", "code generation: auto (cython when a C++ compiler works, else numpy) | numpy | cython | cpp_standalone")
     tau_ms: float = _f(10.0, "rate: neuron time constant τ; lif: time constant τ_s of the exponential synapses and rate traces, ms")
     dt_ms: float = _f(1.0, "integration step, ms (rate: ≤ τ for a stable Euler step)")
@@ -79,9 +82,49 @@ class LIFConfig:
 
 
 @dataclass(frozen=True)
+class CubaLIFConfig:
+    """The NIR-expressible spiking scenario (docs/math.md eq. cubalif, nir-map): NIR CubaLIF neurons, v_leak = 0,
+    reset to 0, no refractory period, threshold 1, the layered net as one recurrent population."""
+
+    tau_syn_ms: float = _f(5.0, "synaptic time constant τ_syn, ms")
+    tau_mem_ms: float = _f(20.0, "membrane time constant τ_mem, ms")
+    nu_max_Hz: float = _f(500.0, "firing rate that encodes the state s = 1")
+    slope_hidden: float = _f(0.3, "hidden layers: ds/du of the firing rate far above the rheobase (s = ν/nu_max)")
+    onset_hidden: float = _f(-0.2, "hidden layers: the pre-activation u at which a neuron starts firing (its rheobase)")
+    slope_output: float = _f(0.5, "last dynamic layer (the output of an mse net, the layer under a CE readout): as slope_hidden")
+    onset_output: float = _f(-0.3, "last dynamic layer: as onset_hidden")
+    read_ms: float = _f(100.0, "outputs are the time average of the graph's output over the last read_ms of the free phase")
+    spike_area_ms: float = _f(0.1, "a spike is a unit pulse one step Δ long (area Δ) in the signal a NIR Affine/Linear node "
+                                   "reads: 0.1 ms is the step snnTorch and Norse read NIR files with")
+
+    def __post_init__(self) -> None:
+        for key in ("tau_syn_ms", "tau_mem_ms", "nu_max_Hz", "slope_hidden", "slope_output", "read_ms", "spike_area_ms"):
+            check_positive(f"cubalif.{key}", getattr(self, key))
+        for key in ("onset_hidden", "onset_output"):
+            v = getattr(self, key)
+            if not math.isfinite(v):
+                raise ConfigError(f"cubalif.{key} must be finite, got {v}")
+
+
+@dataclass(frozen=True)
+class NIRInputConfig:
+    dataset: str = _f("mnist", "a NIR file neurohw did not write: the dataset whose test images it is run on")
+    input_scale: float = _f(255.0, "a NIR file neurohw did not write: its input is image/input_scale, flattened in C order")
+
+    def __post_init__(self) -> None:
+        from neurohw.choices import DATASETS
+
+        named = tuple(d for d in DATASETS if d not in ("arrays", "folder"))
+        check_choice("nir.dataset", self.dataset, named)
+        check_positive("nir.input_scale", self.input_scale)
+
+
+@dataclass(frozen=True)
 class Brian2Scenario:
     brian2: Brian2Config = field(default_factory=Brian2Config)
     lif: LIFConfig = field(default_factory=LIFConfig)
+    cubalif: CubaLIFConfig = field(default_factory=CubaLIFConfig)
+    nir: NIRInputConfig = field(default_factory=NIRInputConfig)
 
     def __post_init__(self) -> None:
         b, lif = self.brian2, self.lif
@@ -92,6 +135,15 @@ class Brian2Scenario:
                 raise ConfigError(
                     f"brian2.dt_ms = {b.dt_ms:g} ms is too coarse for LIF neurons with τ_m = {lif.tau_m_ms:g} ms and "
                     f"t_ref = {lif.t_ref_ms:g} ms: use dt_ms ≤ min(0.2·tau_m_ms, t_ref_ms)"
+                )
+        if b.model == "cubalif":
+            c = self.cubalif
+            if c.read_ms > b.t_free_ms:
+                raise ConfigError(f"cubalif.read_ms = {c.read_ms:g} ms exceeds brian2.t_free_ms = {b.t_free_ms:g} ms")
+            if b.dt_ms > 0.2 * min(c.tau_syn_ms, c.tau_mem_ms):
+                raise ConfigError(
+                    f"brian2.dt_ms = {b.dt_ms:g} ms is too coarse for CubaLIF neurons with τ_syn = {c.tau_syn_ms:g} ms and "
+                    f"τ_mem = {c.tau_mem_ms:g} ms: use dt_ms ≤ 0.2·min(tau_syn_ms, tau_mem_ms)"
                 )
 
 

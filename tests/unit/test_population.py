@@ -1,0 +1,143 @@
+"""Populations (neurohw/population.py): K nets trained as one program equal K single runs, a diverging
+member stops alone, sweeps write their tables, resume is exact, torchrun shares the members out."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from neurohw.cli import main
+from neurohw.config import load_config
+from neurohw.errors import ConfigError
+from neurohw.population import Member, Population, grid, split_values, sweep
+from neurohw.train import load_checkpoint, train
+
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = ROOT / "models"
+BASE = ["train.epochs=2", "data.limit_train=100", "data.limit_eval=50", "data.val_size=50", "device=cpu",
+        "dtype=float64", "learner.T_free=6", "learner.T_nudge=3", "train.scheduler=cosine", "train.lr_min=0.01"]
+
+CASES = {
+    "ep_random_sign_fc": ("mnist_ep_fc1", ["net.hidden=[16]", "learner.estimator=random-sign", "train.momentum=0.5",
+                                           "data.augment=true", "data.crop_padding=1"]),
+    "ep_symmetric_ce": ("mnist_ep_fc1", ["net.hidden=[12, 8]", "net.cost=ce_readout", "learner.estimator=symmetric",
+                                         "train.lrs=[0.05]"]),
+    "ep_conv": ("mnist_ep_conv", ["net.channels=[3, 4]", "net.kernel_sizes=[5, 3]"]),
+    "cep_decay": ("mnist_cep_fc1", ["net.hidden=[16]", "train.weight_decay=1e-2", "train.lrs=[0.02, 0.01]"]),
+    "cvf": ("mnist_cvf_fc1", ["net.hidden=[16]", "train.lrs=[0.02, 0.01]"]),
+}
+# the members of every case: their own seeds, β and learning rates (the first keeps the card's)
+VARIANTS = [["train.seed=0"], ["train.seed=1", "learner.beta=0.3", "learner.seed=5"], ["train.seed=2", "train.momentum=0.9", "train.lrs=[0.03]"]]
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_member_trains_as_its_single_run(case, tmp_path, mnist_small):
+    """After 2 epochs (a cosine schedule, so the rates change at the boundary) the weights of member k
+    equal those of the single run with member k's config to float64 round-off (1e-12 relative; measured
+    ≈ 1e-16). Planted: one β for every member, the members' signs drawn from one generator, or one
+    learning rate for all — each differs by ≥ 1e-3."""
+    card, extra = CASES[case]
+    variants = VARIANTS if case != "ep_symmetric_ce" else VARIANTS[:2]  # (its one lr for every layer)
+    members = [Member(" ".join(v), load_config(MODELS / f"{card}.toml", BASE + extra + v), tmp_path / "pop" / f"m{k}", v)
+               for k, v in enumerate(variants)]
+    Population(members, splits=mnist_small, progress=False, log=None).fit()
+    for k, v in enumerate(variants):
+        train(load_config(MODELS / f"{card}.toml", BASE + extra + v), tmp_path / "one" / f"m{k}", splits=mnist_small,
+              progress=False, log=None)
+        a = load_checkpoint(tmp_path / "pop" / f"m{k}" / "checkpoint.pt")
+        b = load_checkpoint(tmp_path / "one" / f"m{k}" / "checkpoint.pt")
+        scale = max(float(t.abs().max()) for t in b["net"].values())
+        assert max(float((a["net"][n] - b["net"][n]).abs().max()) for n in a["net"]) <= 1e-12 * scale, (k, v)
+        la = [json.loads(l) for l in (tmp_path / "pop" / f"m{k}" / "metrics.jsonl").read_text().splitlines()]
+        lb = [json.loads(l) for l in (tmp_path / "one" / f"m{k}" / "metrics.jsonl").read_text().splitlines()]
+        assert [l["lrs"] for l in la] == [l["lrs"] for l in lb] and [l["train_error"] for l in la] == [l["train_error"] for l in lb]
+
+
+def test_a_diverging_member_stops_alone_and_the_sweep_says_so(tmp_path, mnist_small, capsys):
+    out = tmp_path / "sw"
+    items = [str(MODELS / "mnist_ep_fc1.toml"), "train.lrs=[0.05],[40.0]", "net.activation=identity", "net.hidden=[8]",
+             "net.init_gains=[0.3]",
+             *BASE[:5], "learner.T_free=6", "learner.T_nudge=3", "train.scheduler=none"]
+    assert main(["sweep", *items, "--out", str(out), "--no-progress"]) == 0
+    rows = read_csv(out / "sweep.csv")
+    status = {r["train.lrs"]: r["status"] for r in rows}
+    assert status["[0.05]"] == "complete" and status["[40.0]"].startswith("diverged in epoch")
+    assert "diverged" in capsys.readouterr().out
+    assert "[40.0]" in (out / "summary.md").read_text() and (out / "curves.png").stat().st_size > 1000
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_grids_and_bad_grids():
+    assert split_values("[0.08,0.04],[0.04,0.02]") == ["[0.08,0.04]", "[0.04,0.02]"]
+    assert split_values('"a,b",c') == ['"a,b"', "c"]
+    fixed, combos = grid(["train.seed=0,1", "learner.beta=0.2", "train.lrs=[1],[2]"])
+    assert fixed == ["learner.beta=0.2"] and len(combos) == 4 and combos[1] == ["train.seed=0", "train.lrs=[2]"]
+    with pytest.raises(ConfigError, match="not a comma-separated list"):
+        split_values("[1,2")
+    with pytest.raises(ConfigError, match=r"sweep member train.sed=0.*unknown config key 'train.sed'"):
+        sweep(MODELS / "mnist_ep_fc1.toml", ["train.sed=0,1"], "/tmp/never")
+    with pytest.raises(ConfigError, match=r"train.epochs=abc.*expected int"):
+        sweep(MODELS / "mnist_ep_fc1.toml", ["train.epochs=abc,2"], "/tmp/never")
+    a = load_config(MODELS / "mnist_ep_fc1.toml", ["net.hidden=[8]"])
+    b = load_config(MODELS / "mnist_ep_fc1.toml", ["net.hidden=[9]"])
+    with pytest.raises(ConfigError, match=r"differ in net.hidden: the members of one program share"):
+        Population([Member("a", a, Path("/tmp/never/a")), Member("b", b, Path("/tmp/never/b"))])
+
+
+def test_a_killed_sweep_resumes_every_member_bit_for_bit(tmp_path, mnist_small, monkeypatch):
+    import neurohw.population as pop
+
+    items = ["train.seed=0,1", "learner.estimator=random-sign", "net.hidden=[12]", *BASE]
+    sweep(MODELS / "mnist_ep_fc1.toml", items, tmp_path / "full", splits=mnist_small, progress=False, log=None)
+    real = pop.Population.train_epoch
+    calls = {"n": 0}
+
+    def crash(self, epoch, active):
+        calls["n"] += 1
+        if calls["n"] == 2:  # during the second epoch
+            raise KeyboardInterrupt
+        return real(self, epoch, active)
+
+    monkeypatch.setattr(pop.Population, "train_epoch", crash)
+    with pytest.raises(KeyboardInterrupt):
+        sweep(MODELS / "mnist_ep_fc1.toml", items, tmp_path / "cut", splits=mnist_small, progress=False, log=None)
+    monkeypatch.setattr(pop.Population, "train_epoch", real)
+    with pytest.raises(Exception, match="already holds a run"):
+        sweep(MODELS / "mnist_ep_fc1.toml", items, tmp_path / "cut", splits=mnist_small, progress=False, log=None)
+    sweep(MODELS / "mnist_ep_fc1.toml", items, tmp_path / "cut", resume=True, splits=mnist_small, progress=False, log=None)
+    for m in sorted((tmp_path / "full" / "members").iterdir()):
+        a = load_checkpoint(m / "checkpoint.pt")
+        b = load_checkpoint(tmp_path / "cut" / "members" / m.name / "checkpoint.pt")
+        assert all(torch.equal(a["net"][n], b["net"][n]) for n in a["net"]), m.name
+    strip = lambda p: [(r["member"], r["val_error"], r["test_error"]) for r in read_csv(p)]
+    assert strip(tmp_path / "full" / "sweep.csv") == strip(tmp_path / "cut" / "sweep.csv")
+
+
+def test_torchrun_shares_the_members_out_and_rank_0_writes_the_tables(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT), NEUROHW_OFFLINE="1", OMP_NUM_THREADS="1")
+    args = [str(MODELS / "mnist_ep_fc1.toml"), "train.seed=0,1,2", "net.hidden=[8]", "train.epochs=1", "data.limit_train=60",
+            "data.limit_eval=20", "data.val_size=20", "learner.T_free=4", "learner.T_nudge=2", "device=cpu"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "neurohw", "sweep",
+           *args, "--out", str(tmp_path / "ddp"), "--no-progress"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = read_csv(tmp_path / "ddp" / "sweep.csv")
+    assert [r["status"] for r in rows] == ["complete"] * 3
+    one = subprocess.run([sys.executable, "-m", "neurohw", "sweep", *args, "--out", str(tmp_path / "one"), "--no-progress"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    for r in read_csv(tmp_path / "one" / "sweep.csv"):
+        a = load_checkpoint(tmp_path / "one" / r["dir"] / "checkpoint.pt")
+        b = load_checkpoint(tmp_path / "ddp" / r["dir"] / "checkpoint.pt")
+        assert all(torch.allclose(a["net"][n], b["net"][n], rtol=0, atol=1e-6) for n in a["net"]), r["member"]
