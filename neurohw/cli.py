@@ -303,7 +303,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     card, items = _split_card_and_overrides(args.items)
     if card is None:
-        raise ConfigError("neurohw sweep needs a model card, e.g. `neurohw sweep models/mnist_ep_fc1.toml train.seed=0,1,2 --out runs/seeds`")
+        raise ConfigError("neurohw sweep needs a model card, e.g. `neurohw sweep models/mnist_ep_fc1.toml seed=0,1,2 --out runs/seeds`")
     if args.members_per_program < 0:
         raise ConfigError(f"--members-per-program must be ≥ 0 (0: every member of a program at once), got {args.members_per_program}")
     rows = sweep(card, items, args.out, members_per_program=args.members_per_program, resume=args.resume,

@@ -365,6 +365,9 @@ class _MemberSource:
 
 
 # ------------------------------------------------------------------------------------ sweeps
+SEED_KEYS = ("train.seed", "learner.seed")
+
+
 def split_values(text: str) -> list[str]:
     """'0,1,2' → ['0', '1', '2']; commas inside brackets or quotes do not split ('[0.08,0.04],[0.04,0.02]')."""
     out, depth, quote, cur = [], 0, None, ""
@@ -390,18 +393,20 @@ def split_values(text: str) -> list[str]:
 
 def grid(items: list[str]) -> tuple[list[str], list[list[str]]]:
     """(the overrides every member shares — items with one value —, the Cartesian product of the items
-    with several values, one override list per member, in order)."""
+    with several values, one override list per member, in order). `seed=v1,v2,…` sets `train.seed` and
+    `learner.seed` together (initial weights, data order and the learner's draws of one seed)."""
     fixed, axes = [], []
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"sweep item '{item}' is not of the form key=v1,v2,… (e.g. train.seed=0,1,2)")
+            raise ConfigError(f"sweep item '{item}' is not of the form key=v1,v2,… (e.g. seed=0,1,2)")
         key, values = (part.strip() for part in item.split("=", 1))
-        values = split_values(values)
-        if len(values) == 1:
-            fixed.append(f"{key}={values[0]}")
+        keys = SEED_KEYS if key == "seed" else (key,)  # seed=N: the run's and the learner's seed together
+        choices = [[f"{k}={v}" for k in keys] for v in split_values(values)]
+        if len(choices) == 1:
+            fixed += choices[0]
         else:
-            axes.append([f"{key}={v}" for v in values])
-    return fixed, [list(combo) for combo in itertools.product(*axes)]
+            axes.append(choices)
+    return fixed, [[o for choice in combo for o in choice] for combo in itertools.product(*axes)]
 
 
 def member_dir(k: int, overrides: list[str]) -> str:
@@ -409,8 +414,6 @@ def member_dir(k: int, overrides: list[str]) -> str:
     safe = "_".join(o.replace("/", "-").replace(" ", "") for o in overrides) or "base"
     return f"m{k:03d}_" + "".join(c if c.isalnum() or c in "._=-,[]" else "-" for c in safe)[:120]
 
-
-SEED_KEYS = ("train.seed", "learner.seed")
 
 
 def sweep(

@@ -83,6 +83,9 @@ def test_grids_and_bad_grids():
     assert split_values('"a,b",c') == ['"a,b"', "c"]
     fixed, combos = grid(["train.seed=0,1", "learner.beta=0.2", "train.lrs=[1],[2]"])
     assert fixed == ["learner.beta=0.2"] and len(combos) == 4 and combos[1] == ["train.seed=0", "train.lrs=[2]"]
+    fixed, combos = grid(["seed=3,4", "learner.beta=0.1,0.2"])
+    assert fixed == [] and combos[1] == ["train.seed=3", "learner.seed=3", "learner.beta=0.2"] and len(combos) == 4
+    assert grid(["seed=5"]) == (["train.seed=5", "learner.seed=5"], [[]])
     with pytest.raises(ConfigError, match="not a comma-separated list"):
         split_values("[1,2")
     with pytest.raises(ConfigError, match=r"sweep member train.sed=0.*unknown config key 'train.sed'"):
