@@ -509,8 +509,9 @@ def run_population_bench(card: str, overrides=(), *, members: int = 8, batches: 
     against the same nets trained one after another on the single-network path (eager, and the static
     program; the faster is the baseline), on synthetic data of the card's shape, in one run: an epoch of
     `batches` batches each, after a warm-up epoch. Also the ceiling the work allows: the single net's
-    time per update is split into its compute-bound products (the input drive and the ∂Φ/∂θ contrast,
-    which grow with K in a population too) and the rest (which a population shares); with C and O per
+    time per update is split into the work that grows with K in a population too (the input drive, the
+    ∂Φ/∂θ contrast products and the parameter step; T_nudge times for C-EP/C-VF, which update at every
+    step) and the rest (which a population shares); with C and O per
     update, K members as one program cannot beat K·(C+O)/(K·C + O)."""
     import tempfile
 
@@ -556,13 +557,26 @@ def run_population_bench(card: str, overrides=(), *, members: int = 8, batches: 
                 _sync(dev)
                 total += time.perf_counter() - t0
             singles[name] = total
-        # the compute-bound part of one update of one net: its input drive and contrast products
+        # the part of one update of one net that grows with the members: its input drive, contrast products
+        # and parameter step — once per update for EP, at each of the T_nudge steps for C-EP/C-VF
         tr = Trainer(cfgs[0], root / "parts", resume=False, overwrite=True, data_dir=None, splits=splits, progress=False, log=None)
         x = tr.preprocess(splits.train.images[:B].to(tr.device))
+        repeats = tr.learner.T_nudge if cfg0.learner.algorithm in ("cep", "cvf") else 1
         with torch.no_grad():
             s = tr.net.init_state(x)
             s = [t + 0.5 for t in s]
-            part = lambda: (tr.net.input_drive(x), tr.net.phi_param_grads_diff(x, s, tr.net.init_state(x), None, 0.0, 0.0))
+            s0 = tr.net.init_state(x)
+            layers = tr.net._layers[: tr.net.n_states]  # the products of EP's contrast, also those of C-VF's rule (no Φ)
+            params = tr.net.param_list()
+            ctx = lambda layer, a: layer.drive(a)[1] if layer.needs_ctx else None
+
+            def part():
+                tr.net.input_drive(x)
+                grads = [g for layer, a, b, a0, b0 in zip(layers, [x, *s], s, [x, *s0], s0)
+                         for g in layer.phi_grads_diff(a, b, ctx(layer, a), a0, b0, ctx(layer, a0))]
+                for p, g in zip(params, grads):
+                    p.add_(g, alpha=0.0)
+
             for _ in range(3):
                 part()
             _sync(dev)
@@ -570,7 +584,7 @@ def run_population_bench(card: str, overrides=(), *, members: int = 8, batches: 
             for _ in range(20):
                 part()
             _sync(dev)
-            c_update = (time.perf_counter() - t0) / 20
+            c_update = repeats * (time.perf_counter() - t0) / 20
     best_single = min(singles.values())
     per_update = best_single / (members * batches)
     o_update = max(per_update - c_update, 0.0)
@@ -594,5 +608,5 @@ def format_population_bench(r: dict) -> str:
         f"  population (one program): {r['population_samples_per_s']:.0f} samples/s\n"
         f"  {r['members']} single runs one after another: {seq} samples/s\n"
         f"  speedup {r['speedup']:.2f}× (ceiling {r['ceiling']:.2f}×: per update {r['compute_bound_ms_per_update']:.2f} ms of "
-        f"input drive and contrast products, which grow with the members, of {r['ms_per_update_single']:.2f} ms)"
+        f"input drive, contrast products and parameter step, which grow with the members, of {r['ms_per_update_single']:.2f} ms)"
     )

@@ -144,3 +144,18 @@ def test_torchrun_shares_the_members_out_and_rank_0_writes_the_tables(tmp_path):
         a = load_checkpoint(tmp_path / "one" / r["dir"] / "checkpoint.pt")
         b = load_checkpoint(tmp_path / "ddp" / r["dir"] / "checkpoint.pt")
         assert all(torch.allclose(a["net"][n], b["net"][n], rtol=0, atol=1e-6) for n in a["net"]), r["member"]
+
+
+@pytest.mark.parametrize("card", ["mnist_ep_fc1", "mnist_cvf_fc1"])
+def test_population_bench_times_both_paths_and_bounds_the_speedup(card):
+    """bench --population on EP and on C-VF (no Φ: its work is counted from the layers' products) reports
+    the population and both sequential paths on the same samples, and a ceiling between 1 and K."""
+    from neurohw.bench import run_population_bench
+
+    r = run_population_bench(str(MODELS / f"{card}.toml"), ["net.hidden=[16]", "learner.T_free=4", "learner.T_nudge=2"],
+                             members=2, batches=2)
+    n = 2 * 2 * r["batch_size"]
+    assert set(r["sequential_samples_per_s"]) == {"eager", "program"}
+    best = max(r["sequential_samples_per_s"].values())
+    assert r["speedup"] == pytest.approx(r["population_samples_per_s"] / best, rel=1e-9)
+    assert 1.0 <= r["ceiling"] <= 2.0 and r["population_samples_per_s"] > 0 and n == r["members"] * r["batches"] * 20
