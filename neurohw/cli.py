@@ -302,6 +302,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from neurohw.population import sweep
 
     card, items = _split_card_and_overrides(args.items)
+    if card is None and args.resume and not items:  # `neurohw sweep --resume --out DIR`: the sweep's own card and grid
+        from neurohw.population import recorded
+
+        rec = recorded(args.out)
+        card, items = rec["card"], rec["items"]
+        if args.members_per_program == 0:
+            args.members_per_program = rec["members_per_program"]
     if card is None:
         raise ConfigError("neurohw sweep needs a model card, e.g. `neurohw sweep models/mnist_ep_fc1.toml seed=0,1,2 --out runs/seeds`")
     if args.members_per_program < 0:
@@ -451,7 +458,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("items", nargs="*", metavar="CARD [key=v1,v2,… ...]", help="the card, then the grid")
     sw.add_argument("--out", required=True, help="sweep directory: members/<member>/ run directories, sweep.csv, summary.md, curves.png")
     sw.add_argument("--members-per-program", type=int, default=0, help="at most this many members per program (0: all that can share one)")
-    sw.add_argument("--resume", action="store_true", help="continue every member from its checkpoint (members not started start)")
+    sw.add_argument("--resume", action="store_true", help="continue every member from its checkpoint (members not started start); CARD and grid may be left out")
     sw.add_argument("--overwrite", action="store_true", help="replace an existing sweep in --out")
     sw.add_argument("--data-dir", help="dataset folder")
     sw.add_argument("--no-progress", action="store_true", help="no progress bar")

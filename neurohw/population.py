@@ -432,6 +432,8 @@ def sweep(
 
     log = log or (lambda _: None)
     out = Path(out)
+    if resume:
+        check_recorded(out, card, items, members_per_program)
     shared, combos = grid(items)
     members = []
     for k, combo in enumerate(combos):
@@ -453,6 +455,11 @@ def sweep(
         shutil.rmtree(out / "members", ignore_errors=True)
         for name in ("sweep.csv", "summary.md", "curves.png"):
             (out / name).unlink(missing_ok=True)
+    if rank == 0 and not resume:
+        out.mkdir(parents=True, exist_ok=True)
+        record = {"card": str(Path(card).resolve()), "items": list(items), "members_per_program": members_per_program,
+                  "fixed": list(fixed)}
+        write_text(out / SWEEP_RECORD, json.dumps(record, indent=1) + "\n")
     if world > 1:
         dist.barrier()
     mine = members[rank::world]
@@ -491,6 +498,30 @@ def sweep(
     if world > 1:
         dist.barrier()
     return rows
+
+
+SWEEP_RECORD = "sweep.json"  # the card and grid of a sweep, for --resume
+
+
+def recorded(out: str | Path) -> dict[str, Any]:
+    """The card, grid and members per program a sweep in `out` was started with."""
+    path = Path(out) / SWEEP_RECORD
+    if not path.exists():
+        raise ConfigError(f"'{out}' holds no sweep to resume (no {SWEEP_RECORD}): start it without --resume")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"'{path}' is not valid JSON ({e}): the sweep's record is damaged") from None
+
+
+def check_recorded(out: Path, card, items, members_per_program: int) -> None:
+    """--resume continues the sweep it names: the same card, grid and members per program."""
+    rec = recorded(out)
+    given = {"card": str(Path(card).resolve()), "items": list(items), "members_per_program": members_per_program}
+    for key, value in given.items():
+        if rec.get(key) != value:
+            raise ConfigError(f"--resume of '{out}': {key} {value!r} differs from the sweep's {rec.get(key)!r} "
+                              f"({out / SWEEP_RECORD}); pass the same, or only --resume --out {out}")
 
 
 def _summary_of(m: Member) -> dict[str, Any]:

@@ -118,6 +118,13 @@ def test_a_killed_sweep_resumes_every_member_bit_for_bit(tmp_path, mnist_small, 
     monkeypatch.setattr(pop.Population, "train_epoch", real)
     with pytest.raises(Exception, match="already holds a run"):
         sweep(MODELS / "mnist_ep_fc1.toml", items, tmp_path / "cut", splits=mnist_small, progress=False, log=None)
+    with pytest.raises(ConfigError, match=r"--resume of .*items .*differs from the sweep's"):
+        sweep(MODELS / "mnist_ep_fc1.toml", items[1:], tmp_path / "cut", resume=True, splits=mnist_small, progress=False, log=None)
+    seen = {}
+    monkeypatch.setattr(pop, "sweep", lambda card, items, out, **kw: seen.update(card=card, items=items, kw=kw) or [])
+    assert main(["sweep", "--resume", "--out", str(tmp_path / "cut")]) == 0  # the card and grid come from sweep.json
+    assert seen["card"] == str((MODELS / "mnist_ep_fc1.toml").resolve()) and seen["items"] == items and seen["kw"]["resume"]
+    monkeypatch.undo()
     sweep(MODELS / "mnist_ep_fc1.toml", items, tmp_path / "cut", resume=True, splits=mnist_small, progress=False, log=None)
     for m in sorted((tmp_path / "full" / "members").iterdir()):
         a = load_checkpoint(m / "checkpoint.pt")
