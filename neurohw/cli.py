@@ -222,7 +222,9 @@ def cmd_import_conductances(args: argparse.Namespace) -> int:
 def cmd_simulate(args: argparse.Namespace) -> int:
     from neurohw.simulate import format_report, simulate
 
-    if str(args.file).endswith(".nir"):  # a NIR graph, written by neurohw export --format nir or by another tool
+    from neurohw.nirtools import is_nir_file
+
+    if str(args.file).endswith(".nir") or is_nir_file(args.file):  # a NIR graph (neurohw export --format nir, or another tool)
         from neurohw.nirtools import format_report as format_nir, simulate as simulate_nir
 
         report = simulate_nir(args.file, args.substrate, args.sim, args.n, args.overrides, args.data_dir, args.engine, args.data)
@@ -497,8 +499,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"neurohw: error: {e}", file=sys.stderr)
         return 2
     except BrokenPipeError:
-        # Python's documentation (signal module, "Note on SIGPIPE"): point stdout at devnull so that the
-        # interpreter's last flush does not fail again, and exit with status 1, quietly
+        # the reader went away (`neurohw keys | head -1`): exit 2 like every other error, without a line
+        # (the reader asked for less output, not for a message); as Python's documentation advises (signal
+        # module, "Note on SIGPIPE"), point stdout at devnull so that the interpreter's last flush does not
+        # fail again
         try:
             import os
 
@@ -506,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(devnull, sys.stdout.fileno())
         except (OSError, ValueError, AttributeError):  # no file descriptor (an in-process caller's stream)
             pass
-        return 1
+        return 2
 
 
 if __name__ == "__main__":

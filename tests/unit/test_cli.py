@@ -342,8 +342,8 @@ class _ClosedPipe:
 
 def test_a_closed_pipe_ends_quietly_in_process(run_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(sys, "stdout", _ClosedPipe())
-    assert main(["keys"]) == 1
-    assert main(["export", str(run_dir), "--out", str(tmp_path / "n.h5")]) == 1
+    assert main(["keys"]) == 2
+    assert main(["export", str(run_dir), "--out", str(tmp_path / "n.h5")]) == 2
     monkeypatch.undo()
     assert capsys.readouterr().err == ""
 
@@ -360,7 +360,7 @@ def test_keys_into_a_closed_pipe_has_no_traceback(argv, unbuffered):
                            text=True, timeout=120, env=env)
     finally:
         os.close(write_end)
-    assert r.returncode == 1 and r.stderr == "", r.stderr
+    assert r.returncode == 2 and r.stderr == "", r.stderr
 
 
 @pytest.mark.parametrize(
