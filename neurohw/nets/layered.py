@@ -24,7 +24,7 @@ from torch import nn
 
 from neurohw.core.activations import get_activation
 from neurohw.errors import ConfigError
-from neurohw.nets.layers import Conv2d, Dense, LowPrecision
+from neurohw.nets.layers import Conv2d, Dense, LowPrecision, addmm
 from neurohw.spec import COSTS, NUDGES
 
 State = list[torch.Tensor]
@@ -254,8 +254,8 @@ def _add_mm(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor, coef: Scalar) -
     """out + coef·(a @ b), a fresh tensor (the same numbers as in-place `addmm_`, which torch.func.vmap
     cannot batch: a population of nets runs this step under vmap)."""
     if isinstance(coef, torch.Tensor):
-        return torch.addmm(out, a * coef, b)
-    return torch.addmm(out, a, b, alpha=coef)
+        return addmm(out, a * coef, b)
+    return addmm(out, a, b, alpha=coef)
 
 
 def _is_zero(beta: Scalar) -> bool:
@@ -364,15 +364,15 @@ class Phase:
             u = lp.addmm(const, s[i - 1], self.fwd_w[i], alpha=k)
             return lp.addmm(u, s[i + 1], self.back_w[i + 1], alpha=k) if i + 1 < n else u
         if i == 0:
-            return torch.addmm(const, s[1], self.back_w[1], alpha=k) if n > 1 else const.clone()
-        u = torch.addmm(const, s[i - 1], self.fwd_w[i], alpha=k)
+            return addmm(const, s[1], self.back_w[1], alpha=k) if n > 1 else const.clone()
+        u = addmm(const, s[i - 1], self.fwd_w[i], alpha=k)
         if i + 1 < n:
-            u = torch.addmm(u, s[i + 1], self.back_w[i + 1], alpha=k)  # not addmm_: vmap (populations) cannot batch it
+            u = addmm(u, s[i + 1], self.back_w[i + 1], alpha=k)  # not addmm_: vmap (populations) cannot batch it
         return u
 
     def _softmax_error(self, s_last: torch.Tensor) -> torch.Tensor:
         r = self.readout
-        return torch.softmax(torch.addmm(r.bias, s_last, r.weight.t()), dim=1).sub_(self.y)
+        return torch.softmax(addmm(r.bias, s_last, r.weight.t()), dim=1).sub_(self.y)
 
     def _update_folded(self, i: int, s: State, const: torch.Tensor | None = None) -> torch.Tensor:
         """Layer i's new state from `s` in the folded form, the nudge included."""

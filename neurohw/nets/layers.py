@@ -31,6 +31,19 @@ from neurohw.errors import ConfigError
 from neurohw.spec import POOLS
 
 
+_batched = torch._C._functorch.is_batchedtensor
+
+
+def addmm(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
+    """c + alpha·(a @ b), a fresh tensor: one `torch.addmm`; under torch.func.vmap (a population of nets,
+    neurohw/population.py) a product then in-place sums, which vmap batches as one bmm — its rule for addmm
+    is about 2× slower on the CPU (measured: 11.8 ms against 5.4 ms for 3 members of (1000×10)·(10×512))."""
+    if _batched(a) or _batched(b):
+        p = a @ b
+        return (p if alpha == 1.0 else p.mul_(alpha)).add_(c)
+    return torch.addmm(c, a, b, alpha=alpha)
+
+
 class LowPrecision:
     """Lower-precision operands for one phase's products (train.precision = "bf16"; docs/math.md
     eq. precision): the state and weight operands of the drives and feedbacks are rounded to `dtype`,
@@ -100,13 +113,13 @@ class Dense(nn.Module):
     def drive(self, s_in: torch.Tensor, lp: LowPrecision | None = None) -> tuple[torch.Tensor, None]:
         if lp is not None:
             return lp.addmm(self.bias, s_in.flatten(1), self.weight.t()), None
-        return torch.addmm(self.bias, s_in.flatten(1), self.weight.t()), None
+        return addmm(self.bias, s_in.flatten(1), self.weight.t()), None
 
     def feedback_add(self, base: torch.Tensor, s_out: torch.Tensor, ctx: None, lp: LowPrecision | None = None) -> torch.Tensor:
         w = self.weight if self.weight_backward is None else self.weight_backward
         if lp is not None:
             return lp.addmm(base.flatten(1), s_out, w).view(base.shape)
-        return torch.addmm(base.flatten(1), s_out, w).view(base.shape)
+        return addmm(base.flatten(1), s_out, w).view(base.shape)
 
     def feedback(self, s_out: torch.Tensor, ctx: None) -> torch.Tensor:
         w = self.weight if self.weight_backward is None else self.weight_backward
@@ -120,7 +133,7 @@ class Dense(nn.Module):
         if s_in_a is s_in_b:
             d = s_out_a - s_out_b
             return [d.t() @ s_in_a.flatten(1), d.sum(0)]
-        dw = torch.addmm(torch.mm(s_out_a.t(), s_in_a.flatten(1)), s_out_b.t(), s_in_b.flatten(1), alpha=-1.0)
+        dw = addmm(s_out_a.t() @ s_in_a.flatten(1), s_out_b.t(), s_in_b.flatten(1), alpha=-1.0)
         return [dw, s_out_a.sum(0) - s_out_b.sum(0)]
 
     def extra_repr(self) -> str:
