@@ -573,3 +573,31 @@ def test_a_float_arrays_run_exports_its_preprocessing_and_simulates_from_its_fil
         simulate(tmp_path / "net.h5", "torch", n=0, data=str(data))
     with pytest.raises(DataError, match="changed since the run"):
         train(load_config(run / "config.toml", ["train.epochs=2"]), run, resume=True, progress=False, log=None)
+
+
+def test_a_sweep_trains_on_an_arrays_dataset_as_single_runs_do(tmp_path):
+    """`neurohw sweep` on float arrays: each member's run directory records the data (sha256) and its
+    weights equal a single `train` run of its config (float64), so the population applies the dataset's
+    own preprocessing (normalisation computed on the training split, pixel scale 1)."""
+    from neurohw.population import sweep
+    from neurohw.train import train
+
+    g = np.random.default_rng(1)
+    x = g.random((200, 1, 5, 5)) * 2.0 + 3.0
+    y = (x[:, 0, :2].mean((1, 2)) > x[:, 0, 3:].mean((1, 2))).astype(np.int64)
+    data = tmp_path / "d.npz"
+    np.savez(data, x_train=x[:160], y_train=y[:160], x_test=x[160:], y_test=y[160:])
+    common = ["data.dataset=arrays", f"data.path={data}", "data.val_size=40", "net.hidden=[6]", "train.epochs=1",
+              "train.scheduler=none", "learner.T_free=6", "learner.T_nudge=3", "device=cpu", "dtype=float64"]
+    card = MODELS / "mnist_ep_fc1.toml"
+    rows = sweep(card, ["seed=0,1", *common], tmp_path / "sw", progress=False, log=None)
+    assert [r["status"] for r in rows] == ["complete"] * 2
+    for r in rows:
+        member = tmp_path / "sw" / r["dir"]
+        assert "sha256 = " in (member / "config.toml").read_text()
+        seed = r["dir"].split("train.seed=")[1][0]
+        train(load_config(card, [*common, f"train.seed={seed}", f"learner.seed={seed}"]), tmp_path / f"single{seed}",
+              progress=False, log=None)
+        a = torch.load(member / "checkpoint.pt", weights_only=True)["net"]
+        b = torch.load(tmp_path / f"single{seed}" / "checkpoint.pt", weights_only=True)["net"]
+        assert all(torch.allclose(a[k], b[k], rtol=0, atol=1e-12) for k in a), seed
