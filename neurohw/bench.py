@@ -561,7 +561,7 @@ def run_population_bench(card: str, overrides=(), *, members: int = 8, batches: 
         # and parameter step — once per update for EP, at each of the T_nudge steps for C-EP/C-VF
         tr = Trainer(cfgs[0], root / "parts", resume=False, overwrite=True, data_dir=None, splits=splits, progress=False, log=None)
         x = tr.preprocess(splits.train.images[:B].to(tr.device))
-        repeats = tr.learner.T_nudge if cfg0.learner.algorithm in ("cep", "cvf") else 1
+        repeats = tr.learner.n_updates if cfg0.learner.algorithm in ("cep", "cvf") else 1
         with torch.no_grad():
             s = tr.net.init_state(x)
             s = [t + 0.5 for t in s]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 ALGORITHMS = ("ep", "cep", "cvf", "bptt", "bp", "dtp", "drl", "ldrl")  # learning/__init__.py LEARNERS
 ESTIMATORS = ("one-sided", "random-sign", "symmetric")  # EP's gradient estimators (docs/math.md §EP)
-CONTINUAL_ESTIMATORS = ("one-sided", "random-sign")  # those of C-EP and C-VF (one nudged phase per batch)
+CONTINUAL_ESTIMATORS = ("one-sided", "random-sign", "symmetric")  # those of C-EP and C-VF (symmetric: two nudged phases)
 VF_RULES = ("activity", "vector-field")  # C-VF's per-step update (eq. C-VF, C-VF-vf)
 FB_POOL_INDICES = ("noisy", "clean")  # DTP: max-pool indices of the feedback loss (eq. DTP-pool); default first
 PRECISIONS = ("fp32", "tf32", "bf16")  # operands of the dynamics' products (eq. precision)

@@ -130,7 +130,7 @@ class NetConfig:
 @dataclass(frozen=True)
 class LearnerConfig:
     algorithm: str = _f("ep", "ep | cep | cvf | bptt | bp | dtp | drl | ldrl (DTP with the feedback loss of Lee 2015, Meulemans 2020, Ernoult 2022)")
-    estimator: str = _f("one-sided", "EP gradient estimator: one-sided | random-sign | symmetric")
+    estimator: str = _f("one-sided", "EP gradient estimator: one-sided | random-sign | symmetric (cep/cvf: +β then −β phases, eq. C-EP-sym)")
     beta: float = _f(0.1, "nudging strength β (> 0); dtp/drl/ldrl: step of the first target t^N = s^N − β∇ℓ")
     T_free: int = _f(30, "steps of the free phase")
     T_nudge: int = _f(10, "steps of each nudged phase")

@@ -29,16 +29,29 @@ def nir_scenario(card: str | Path | None, overrides=()):
 
     scenario = load_brian2_scenario(card, [*(NIR_DEFAULTS if card is None else ()), *overrides])
     model = scenario.brian2.model
+    what = f"'{card}'" if card is not None else "this scenario"
     if model == "lif":
         raise ConfigError(
-            f"'{card}' is the LIF scenario (brian2.model = 'lif'): it drives each neuron through the inverse of its f–I "
+            f"{what} is the LIF scenario (brian2.model = 'lif'): it drives each neuron through the inverse of its f–I "
             "curve composed with ρ, with a refractory period and a reset to v_rest, which NIR's CubaLIF neurons (linear in "
             "their input current, no refractory period) cannot express. Use --sim sims/nir_cubalif.toml"
         )
     if model != "cubalif":
-        raise ConfigError(f"'{card}' runs brian2.model = '{model}', which is not spiking; NIR export and NIR files use "
+        raise ConfigError(f"{what} runs brian2.model = '{model}', which is not spiking; NIR export and NIR files use "
                           "brian2.model = 'cubalif': --sim sims/nir_cubalif.toml")
     return scenario
+
+
+def is_nir_file(path: str | Path) -> bool:
+    """Whether `path` is a NIR file (nir.write's layout: an HDF5 file with a 'node' group and a 'version'), whatever
+    its suffix; h5py only."""
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return isinstance(f.get("node"), h5py.Group) and "version" in f and "format" not in f.attrs
+    except (OSError, ValueError):
+        return False
 
 
 def export(run_or_file: str | Path, out: str | Path | None = None, card: str | Path | None = None,

@@ -203,7 +203,7 @@ class Population:
             "neg_lrs": -torch.tensor(lrs, **kw),
             "mom": torch.tensor([t.cfg.train.momentum for t in self.trainers], **kw),
         }
-        T = self.learner.T_nudge if self.continual else 0
+        T = self.learner.n_updates if self.continual else 0
         wd = [t.cfg.train.weight_decay for t in self.trainers]
         if self.continual and any(wd):
             decay, factors = [], []

@@ -175,7 +175,7 @@ class UpdateProgram:
         self.n_classes, self.batch, self.n_batches, self.padding = n_classes, batch, n_batches, padding
         self.memory_format = memory_format
         continual = learner.name in ("cep", "cvf")
-        self.opt = TensorSGD(optimizer, continual_T=learner.T_nudge if continual else 0, weight_decay=weight_decay if continual else 0.0)
+        self.opt = TensorSGD(optimizer, continual_T=learner.n_updates if continual else 0, weight_decay=weight_decay if continual else 0.0)
         dev = self.device
         self.flags = FiniteFlags(learner.flag_names(), dev)
         self.counter = torch.zeros((), dtype=torch.int64, device=dev)  # the batch number within the epoch

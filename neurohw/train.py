@@ -160,7 +160,7 @@ class Trainer:
         self.augment_gen = torch.Generator().manual_seed(cfg.train.seed + 2)
         self.apply = self._apply
         if cfg.learner.algorithm in CONTINUAL and cfg.train.weight_decay > 0.0:  # eq. C-EP-decay
-            self.apply = ContinualDecay(self.optimizer, cfg.train.weight_decay, cfg.learner.T_nudge, step=self._apply)
+            self.apply = ContinualDecay(self.optimizer, cfg.train.weight_decay, self.learner.n_updates, step=self._apply)
         self.majority = {
             name: majority_error(split.labels, self.info.n_classes)
             for name, split in (("train", self.train_split), ("val", self.val_split))

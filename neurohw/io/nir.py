@@ -166,13 +166,14 @@ def from_graph(graph, where: str = "the graph") -> CubaLIFNet:
         cyc = [k for k in succ[pop] if pop in succ.get(k, []) and isinstance(nodes[k], (nir.Affine, nir.Linear))]
         if len(cyc) > 1:
             raise fail(f"{len(cyc)} recurrent weights around '{pop}', expected one")
-        n = np.asarray(lif.v_threshold).size
         if cyc:
             rec_key = cyc[0]
             if pred[rec_key] != [pop] or succ[rec_key] != [pop]:
                 raise fail(f"the recurrent weight '{rec_key}' must connect '{pop}' to itself only")
             w_rec, b_rec = _weight(nodes[rec_key])
-        else:
+        else:  # no recurrence: the size from the input weight (CubaLIF parameters may be scalars) or the parameters
+            feed = [k for k in pred[pop] if isinstance(nodes[k], (nir.Affine, nir.Linear))]
+            n = _weight(nodes[feed[0]])[0].shape[0] if len(feed) == 1 else np.asarray(lif.v_threshold).size
             w_rec, b_rec = np.zeros((n, n)), np.zeros(n)
     n = w_rec.shape[0]
     # the input path: Input → [Affine|Linear] → population

@@ -41,7 +41,8 @@ from neurohw.nets.layered import LayeredNet, Scalar
 
 
 class _Continual(RelaxationPredictor, abc.ABC):
-    """The continual loop shared by C-EP and C-VF: one nudged phase, an update at every step."""
+    """The continual loop shared by C-EP and C-VF: one nudged phase (one-sided, random-sign) or two
+    (symmetric: +β then −β, each from the free state s*, eq. C-EP-sym), an update at every step."""
 
     def __init__(
         self, beta: float, T_free: int, T_nudge: int, estimator: str = "one-sided", *, seed: int = 0, T_eval: int = 0,
@@ -51,6 +52,11 @@ class _Continual(RelaxationPredictor, abc.ABC):
         self.beta, self.T_free, self.T_nudge, self.T_eval = float(beta), int(T_free), int(T_nudge), int(T_eval)
         self.sampler = BetaSampler(beta, estimator, seed, CONTINUAL_ESTIMATORS)
         self.relaxation, self.operands = relaxation, operand_dtype(precision)
+
+    @property
+    def n_updates(self) -> int:
+        """Per-step updates (optimizer steps) per batch: T_nudge per nudged phase."""
+        return self.T_nudge * (2 if self.sampler.estimator == "symmetric" else 1)
 
     @abc.abstractmethod
     def updates(self, net: LayeredNet, x, x_drive, y, s, s_next, beta: float, t: int) -> list[torch.Tensor]:
@@ -72,29 +78,33 @@ class _Continual(RelaxationPredictor, abc.ABC):
         flags: FiniteFlags | None = None, beta: Scalar | None = None,
     ) -> dict[str, torch.Tensor]:
         """One batch with the sign of β given (a number, or a tensor on the device): `apply` is
-        called after each of the T_nudge per-step updates; returns the batch statistics at s*. `beta`
-        replaces |β| (a population member's own)."""
+        called after each of the `n_updates` per-step updates; returns the batch statistics at s*.
+        `beta` replaces |β| (a population member's own). The symmetric estimator runs the +β phase,
+        then the −β phase from s* again, each update scaled by ½ (eq. C-EP-sym)."""
         net.check_batch(x, y)
         self.check_net(net)
-        params, beta = net.param_list(), self.sampler.betas(sign, beta)[1]
+        params, (b1, b2) = net.param_list(), self.sampler.betas(sign, beta)
+        symmetric = self.sampler.estimator == "symmetric"
         ops = self.operands
-        x_drive, s = free_phase(net, x, self.T_free, order=self.relaxation, flags=flags, operands=ops)
-        stats = batch_stats(net, s, y)
-        scale = -1.0 / (beta * x.shape[0])
-        for t in range(self.T_nudge):
-            if t > 0:
-                x_drive = net.input_drive(x, ops)  # θ changed at the previous step
-            if self.relaxation == "sync":
-                s_next = net.step(x_drive, s, y, beta, ops)
+        x_drive, s_star = free_phase(net, x, self.T_free, order=self.relaxation, flags=flags, operands=ops)
+        stats = batch_stats(net, s_star, y)
+        for k, beta in enumerate((b2, b1) if symmetric else (b2,)):
+            s = s_star
+            scale = -1.0 / ((2.0 if symmetric else 1.0) * beta * x.shape[0])
+            for t in range(self.T_nudge):
+                if t > 0 or k > 0:
+                    x_drive = net.input_drive(x, ops)  # θ changed at the previous step
+                if self.relaxation == "sync":
+                    s_next = net.step(x_drive, s, y, beta, ops)
+                else:
+                    s_next = net.phase(x_drive, y, beta, fold=False, operands=ops).sweep(s)
+                set_grads(params, self.updates(net, x, x_drive, y, s, s_next, beta, t), scale)
+                apply()
+                s = s_next
+            if flags is not None:
+                flags.record("nudged", s)
             else:
-                s_next = net.phase(x_drive, y, beta, fold=False, operands=ops).sweep(s)
-            set_grads(params, self.updates(net, x, x_drive, y, s, s_next, beta, t), scale)
-            apply()
-            s = s_next
-        if flags is not None:
-            flags.record("nudged", s)
-        else:
-            check_finite(s, f"{self.name} nudged")
+                check_finite(s, f"{self.name} nudged")
         return stats
 
 
@@ -137,7 +147,7 @@ class CVF(_Continual):
 class ContinualDecay:
     """The `apply` of a continual learner with weight decay λ (docs/math.md eq. C-EP-decay).
 
-    C-EP and C-VF step the optimizer T = `T_nudge` times per batch. Decaying by λ at each of them would
+    C-EP and C-VF step the optimizer T = `n_updates` times per batch (T_nudge per nudged phase). Decaying by λ at each of them would
     shrink θ T times as much as one EP step does, and would decay the update of step k again at each
     of the T − 1 − k steps that follow it. For a parameter group of learning rate η, every step instead
     decays by the factor a = (1 − η·λ)^(1/T) (SGD weight decay (1 − a)/η) and the gradient of step k
@@ -152,10 +162,10 @@ class ContinualDecay:
     momentum); the decay correction is exact for μ = 0 only.
     """
 
-    def __init__(self, optimizer: torch.optim.Optimizer, weight_decay: float, T_nudge: int, step=None):
+    def __init__(self, optimizer: torch.optim.Optimizer, weight_decay: float, T: int, step=None):
         if not weight_decay >= 0.0:
             raise ConfigError(f"train.weight_decay must be ≥ 0, got {weight_decay}")
-        self.optimizer, self.weight_decay, self.T = optimizer, float(weight_decay), int(T_nudge)
+        self.optimizer, self.weight_decay, self.T = optimizer, float(weight_decay), int(T)
         self._step = step if step is not None else optimizer.step
         self.k = 0
         self._factors: list[float] = []

@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 
 from neurohw.choices import CONTINUAL_ESTIMATORS
+
+ONE_PHASE = tuple(e for e in CONTINUAL_ESTIMATORS if e != "symmetric")  # in situ: one nudged phase per batch
 from neurohw.core import rng
 from neurohw.devices.pulse_kernels import outer_update
 from neurohw.errors import ConfigError
@@ -36,7 +38,7 @@ class PulsedCEP:
 
     def __init__(self, beta: float, T_nudge: int, estimator: str, *, interval_steps: int, write: str, pulse_seed: int,
                  update_cfg, substrate, peripherals):
-        if estimator not in CONTINUAL_ESTIMATORS:
+        if estimator not in ONE_PHASE:
             raise ConfigError(f"learner.estimator = '{estimator}': in-situ C-EP runs one nudged phase (one-sided | random-sign)")
         if write not in WRITES:
             raise ConfigError(f"insitu.write = '{write}' is not valid; valid: {', '.join(WRITES)}")

@@ -128,12 +128,14 @@ def test_opposite_random_sign_draws_average_to_the_symmetric_estimator(cost, act
 
 
 # ------------------------------------------------------------------------------ C-EP reference
-def reference_cep(net, x, y, beta: float, eta: float, T_free: int, T_nudge: int) -> list[torch.Tensor]:
+def reference_cep(net, x, y, beta: float, eta: float, T_free: int, T_nudge: int, symmetric: bool = False) -> list[torch.Tensor]:
     """θ after one C-EP batch (eq. C-EP) with plain SGD of learning rate η, written from the equations:
 
     s_{t+1} = ρ(∂Φ^β/∂s(x, s_t, θ_t)) (nudge "inside"), or ρ(∂Φ/∂s) − β ∂ℓ/∂s_N on the output ("outside"),
     θ_{t+1} = θ_t − η g_t,  g_t = −(1/(βB)) (∂Φ^β/∂θ(x, s_{t+1}, θ_t) − ∂Φ^{β_t}/∂θ(x, s_t, θ_t)),
-    β_0 = 0, β_t = β (t ≥ 1), from the free fixed point after T_free steps at θ_0.
+    β_0 = 0, β_t = β (t ≥ 1), from the free fixed point after T_free steps at θ_0. `symmetric` (eq.
+    C-EP-sym): the phase at +β, then one at −β from the same free state (θ as the first phase left it),
+    every g_t halved.
 
     Every derivative is taken by autograd of `phi` / `loss` of a copy of the net whose parameters are
     overwritten with θ_t before each step, so the input drive and ∂Φ/∂θ are those of θ_t by construction.
@@ -159,17 +161,20 @@ def reference_cep(net, x, y, beta: float, eta: float, T_free: int, T_nudge: int)
             g = torch.autograd.grad(ref.phi(x, s, y, b), params, allow_unused=True)
         return [torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, g)]
 
-    s = ref.init_state(x)
+    s_star = ref.init_state(x)
     for _ in range(T_free):
-        s = step(s, 0.0)
-    for t in range(T_nudge):
-        with torch.no_grad():
-            for p, th in zip(params, theta):
-                p.copy_(th)
-        s_next = step(s, beta)
-        grads = [-(a - b) / (beta * B) for a, b in zip(dphi(s_next, beta), dphi(s, beta if t > 0 else 0.0))]
-        theta = [th - eta * g for th, g in zip(theta, grads)]
-        s = s_next
+        s_star = step(s_star, 0.0)
+    half = 2.0 if symmetric else 1.0
+    for b in (beta, -beta) if symmetric else (beta,):
+        s = s_star
+        for t in range(T_nudge):
+            with torch.no_grad():
+                for p, th in zip(params, theta):
+                    p.copy_(th)
+            s_next = step(s, b)
+            grads = [-(u - v) / (half * b * B) for u, v in zip(dphi(s_next, b), dphi(s, b if t > 0 else 0.0))]
+            theta = [th - eta * g for th, g in zip(theta, grads)]
+            s = s_next
     return theta
 
 
@@ -180,6 +185,8 @@ CEP_CASES = [  # (cost, ρ, nudge, estimator, drawn sign)
     ("ce_readout", "tanh", "inside", "one-sided", +1),
     ("ce_readout", "tanh", "inside", "random-sign", +1),
     ("ce_readout", "tanh", "inside", "random-sign", -1),
+    ("mse", "sigmoid4", "outside", "symmetric", +1),
+    ("ce_readout", "tanh", "inside", "symmetric", +1),
 ]
 
 
@@ -198,7 +205,7 @@ def test_cep_step_equals_the_per_step_reference_at_finite_eta(cost, activation, 
     beta, eta = 0.5, 0.05
     net, x, y = _net(activation, cost, nudge=nudge, gain=1.0)
     seed = _seed_for(sign, beta) if estimator == "random-sign" else 0
-    want = reference_cep(net, x, y, sign * beta, eta, 30, 10)
+    want = reference_cep(net, x, y, sign * beta, eta, 30, 10, symmetric=estimator == "symmetric")
     before = [p.detach().clone() for p in net.param_list()]
     opt = torch.optim.SGD(net.parameters(), lr=eta)
     CEP(beta, 30, 10, estimator, seed=seed).step(net, x, y, opt.step)
@@ -232,3 +239,29 @@ def test_each_drawn_sign_of_cep_tends_to_ep_of_that_sign(sign):
         errors.append(_rel(summed, want))
     assert errors[1] < 2e-3 and 5 < errors[0] / errors[1] < 20, errors
     assert _rel(other, want) > 0.1  # the other sign's update is far outside the bound (measured 0.20)
+
+
+def test_symmetric_cep_tends_to_symmetric_ep():
+    """As η → 0 the summed update of symmetric C-EP (+β phase, then −β from s*, each step halved: eq.
+    C-EP-sym) tends, linearly in η, to the symmetric EP estimate (s^{+β} − s^{−β})/(2β) (the two phases
+    telescope). Net 9-12-7 + CE readout, sigmoid4, β = 0.2, T 60/8, as the random-sign test.
+
+    Guards the ½ (without it the sum is twice EP's), the sign of the second phase (+β twice gives the
+    one-sided estimate, 0.2 away) and its start at s* (starting the −β phase from s^{+β} gives another
+    estimate). Tolerances as test_each_drawn_sign_of_cep_tends_to_ep_of_that_sign."""
+    beta = 0.2
+    net0, x, y = _net("sigmoid4", "ce_readout", gain=1.0, hidden=(12, 7))
+    want, _ = EP(beta, 60, 8).estimate(net0, x, y, (-beta, beta))
+    one_sided, _ = EP(beta, 60, 8).estimate(net0, x, y, (0.0, beta))
+    errors = []
+    for eta in (1e-3, 1e-4):
+        net = copy.deepcopy(net0)
+        before = [p.detach().clone() for p in net.param_list()]
+        opt = torch.optim.SGD(net.parameters(), lr=eta)
+        learner = CEP(beta, 60, 8, "symmetric")
+        assert learner.n_updates == 16
+        learner.step(net, x, y, opt.step)
+        summed = [(p.detach() - b) * (x.shape[0] / eta) for p, b in zip(net.param_list(), before)]
+        errors.append(_rel(summed, want))
+    assert errors[1] < 2e-3 and 5 < errors[0] / errors[1] < 20, errors
+    assert _rel(one_sided, want) > 0.05

@@ -168,8 +168,9 @@ def test_cep_refuses_untied_and_estimators_are_checked():
     net = build_net(NetConfig(hidden=(4,)), (1, 2, 2), 2, untied=True, generator=g)
     with pytest.raises(ConfigError, match="tied"):
         CEP(0.1, 3, 2).step(net, torch.rand(1, 4), torch.eye(2)[:1], lambda: None)
-    with pytest.raises(ConfigError, match="symmetric"):
-        CEP(0.1, 3, 2, "symmetric")
+    with pytest.raises(ConfigError, match="learner.estimator 'two-sided' is not available"):
+        CEP(0.1, 3, 2, "two-sided")
+    assert CEP(0.1, 3, 2, "symmetric").n_updates == 4 and CEP(0.1, 3, 2, "random-sign").n_updates == 2
     with pytest.raises(ConfigError, match="cost"):
         build_net(NetConfig(hidden=(4,), cost="ce_readout"), (1, 2, 2), 2, untied=True)
     with pytest.raises(ConfigError, match="fc"):

@@ -32,6 +32,8 @@ CASES = {
     "ep_conv": ("mnist_ep_conv", ["net.channels=[3, 4]", "net.kernel_sizes=[5, 3]"]),
     "cep_decay": ("mnist_cep_fc1", ["net.hidden=[16]", "train.weight_decay=1e-2", "train.lrs=[0.02, 0.01]"]),
     "cvf": ("mnist_cvf_fc1", ["net.hidden=[16]", "train.lrs=[0.02, 0.01]"]),
+    "cvf_symmetric_decay": ("mnist_cvf_fc1", ["net.hidden=[16]", "train.lrs=[0.02, 0.01]", "learner.estimator=symmetric",
+                                              "train.weight_decay=1e-2"]),
 }
 # the members of every case: their own seeds, β and learning rates (the first keeps the card's)
 VARIANTS = [["train.seed=0"], ["train.seed=1", "learner.beta=0.3", "learner.seed=5"], ["train.seed=2", "train.momentum=0.9", "train.lrs=[0.03]"]]

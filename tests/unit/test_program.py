@@ -33,6 +33,8 @@ CASES = {
     "cep_random_sign_decay": ("mnist_cep_fc1", ["net.hidden=[24]", "train.weight_decay=1e-2", "train.momentum=0.5",
                                                 "train.lrs=[0.02, 0.01]"]),
     "cvf_random_sign": ("mnist_cvf_fc1", ["net.hidden=[24]", "train.lrs=[0.02, 0.01]"]),
+    "cvf_symmetric_decay": ("mnist_cvf_fc1", ["net.hidden=[24]", "train.lrs=[0.02, 0.01]", "learner.estimator=symmetric",
+                                              "train.weight_decay=1e-2"]),
     "cvf_vector_field": ("mnist_cvf_fc1", ["net.hidden=[24]", "learner.estimator=one-sided", "learner.vf_rule=vector-field",
                                            "train.lrs=[0.02, 0.01]"]),
     "ep_async_random_sign": ("mnist_ep_fc1", ["net.hidden=[24, 16]", "learner.relaxation=async",
@@ -86,7 +88,7 @@ class _HostReads(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("case", ["ep_one_sided_fc", "ep_random_sign_fc_augment", "ep_symmetric_ce", "ep_conv",
-                                  "cep_random_sign_decay", "cvf_random_sign"])
+                                  "cep_random_sign_decay", "cvf_random_sign", "cvf_symmetric_decay"])
 def test_the_update_reads_nothing_back_to_the_host(case, tmp_path, mnist_small):
     """Planted: a Python `if` on a tensor β, `.item()` of the sign, F.one_hot's range check, or the
     eager non-finite check inside the update: each shows up here as a host read."""

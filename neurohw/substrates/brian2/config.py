@@ -89,10 +89,10 @@ class CubaLIFConfig:
     tau_syn_ms: float = _f(5.0, "synaptic time constant τ_syn, ms")
     tau_mem_ms: float = _f(20.0, "membrane time constant τ_mem, ms")
     nu_max_Hz: float = _f(500.0, "firing rate that encodes the state s = 1")
-    slope_hidden: float = _f(0.3, "hidden layers: ds/du of the firing rate far above the rheobase (s = ν/nu_max)")
+    slope_hidden: float = _f(0.2, "hidden layers: ds/du of the firing rate far above the rheobase (s = ν/nu_max)")
     onset_hidden: float = _f(-0.2, "hidden layers: the pre-activation u at which a neuron starts firing (its rheobase)")
-    slope_output: float = _f(0.5, "last dynamic layer (the output of an mse net, the layer under a CE readout): as slope_hidden")
-    onset_output: float = _f(-0.3, "last dynamic layer: as onset_hidden")
+    slope_output: float = _f(0.8, "last dynamic layer (the output of an mse net, the layer under a CE readout): as slope_hidden")
+    onset_output: float = _f(-0.1, "last dynamic layer: as onset_hidden")
     read_ms: float = _f(100.0, "outputs are the time average of the graph's output over the last read_ms of the free phase")
     spike_area_ms: float = _f(0.1, "a spike is a unit pulse one step Δ long (area Δ) in the signal a NIR Affine/Linear node "
                                    "reads: 0.1 ms is the step snnTorch and Norse read NIR files with")

@@ -125,7 +125,7 @@ def layer_scales(sizes: list[int], cfg: CubaLIFConfig) -> list[LayerScale]:
 
 
 def check_exportable(spec: NetworkSpec) -> None:
-    """ConfigError saying what NIR cannot carry and which scenario to use (docs/math.md §14, nir-map)."""
+    """ConfigError saying what NIR cannot carry and which scenario to use (docs/math.md §15, eq. nir-map)."""
     from neurohw.substrates.brian2.network import RATE_CODABLE
 
     for i, ls in enumerate(spec.layers):
