@@ -7,7 +7,8 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# torch and torchvision builds that this machine kind serves from local disk (see docs/setup.md)
+# torch and torchvision builds that this machine kind serves from local disk (see docs/setup.md); the package and
+# its extras (nir: snnTorch, nirtorch) install under them as constraints (.venv/constraints.txt)
 ifeq ($(shell uname -m),aarch64)
 TORCH  := torch==2.9.1 torchvision==0.24.1
 else
@@ -20,7 +21,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e '.[test]'
+	printf '%s\n' $(TORCH) > $(VENV)/constraints.txt
+	$(PY) -m pip install --quiet -e '.[test,nir]' -c $(VENV)/constraints.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
