@@ -42,16 +42,18 @@ def sgd_update(p: torch.Tensor, grad: torch.Tensor, buf: torch.Tensor | None, ne
     """torch.optim.SGD's rule for one parameter, in place, with device-tensor scalars (no host read):
     d = factor·grad + λ·p, v ← μ·v + d (when `buf` is kept), p ← p + (−η)·v. λ and μ are numbers or
     tensors (a population's members each have their own); `factor` is C-EP's per-step gradient factor
-    (eq. C-EP-decay)."""
-    d = grad if factor is None else grad.mul(factor)
+    (eq. C-EP-decay). The gradient is consumed: it is scaled in place (no temporary of the parameter's
+    size but the decay's and the momentum's; fresh temporaries that large cost page faults on the CPU)."""
+    d = grad if factor is None else grad.mul_(factor)
     if isinstance(weight_decay, torch.Tensor):  # products then sums: torch.func.vmap cannot batch addcmul_
-        d = d + p * weight_decay
+        d.add_(p * weight_decay)
     elif weight_decay:
-        d = d.add(p, alpha=weight_decay)
+        d.add_(p, alpha=weight_decay)
     if buf is not None:
         buf.mul_(momentum).add_(d)
-        d = buf
-    p.add_(d * neg_lr)
+        p.add_(buf * neg_lr)
+    else:
+        p.add_(d.mul_(neg_lr))
 
 
 class TensorSGD:

@@ -168,3 +168,4 @@ def test_population_bench_times_both_paths_and_bounds_the_speedup(card):
     best = max(r["sequential_samples_per_s"].values())
     assert r["speedup"] == pytest.approx(r["population_samples_per_s"] / best, rel=1e-9)
     assert 1.0 <= r["ceiling"] <= 2.0 and r["population_samples_per_s"] > 0 and n == r["members"] * r["batches"] * 20
+    assert r["ceiling_one_net_KB"] == pytest.approx(r["one_net_KB_samples_per_s"] / best, rel=1e-9)
