@@ -529,6 +529,30 @@ def _summary_of(m: Member) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+STABLE_VAL_PT = 0.003  # a stable run ends within 0.3 pt of its best validation error …
+STABLE_LOSS_RISE = 2.0  # … and its training loss never rises above 2× its minimum after reaching it
+
+
+def stability(history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Whether a run's epochs (metrics.jsonl lines) are stable: its last validation error within
+    STABLE_VAL_PT of its best, and no training loss after the minimum above STABLE_LOSS_RISE × that
+    minimum (the criterion of the C-VF collapse study, docs/results.md §10); the figures it is made of."""
+    if not history:
+        return {"final_val_error": "", "train_loss_min": "", "train_loss_peak_after_min": "", "stable": ""}
+    val = [h["val_error"] for h in history]
+    loss = [h["train_loss"] for h in history]
+    k = min(range(len(loss)), key=lambda i: loss[i] if math.isfinite(loss[i]) else math.inf)
+    peak = max(loss[k:], key=lambda v: v if math.isfinite(v) else math.inf)
+    finite = all(math.isfinite(v) for v in val + loss)
+    stable = finite and val[-1] - min(val) <= STABLE_VAL_PT + 1e-12 and peak <= STABLE_LOSS_RISE * loss[k]
+    return {"final_val_error": val[-1], "train_loss_min": loss[k], "train_loss_peak_after_min": peak, "stable": stable}
+
+
+def _history(m: Member) -> list[dict[str, Any]]:
+    path = m.out / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def write_tables(members: list[Member], out: Path) -> list[dict[str, Any]]:
     """sweep.csv (a row per member), summary.md (mean ± std over the seeds of each setting) and
     curves.png (the validation error per epoch, mean over seeds, per setting)."""
@@ -539,7 +563,7 @@ def write_tables(members: list[Member], out: Path) -> list[dict[str, Any]]:
         rows.append({
             "member": m.name, "dir": str(m.out.relative_to(out)), "status": status, "epochs": s.get("epochs", 0),
             "best_epoch": s.get("best_epoch", ""), "val_error": s.get("val_error", ""), "test_error": s.get("test_error", ""),
-            **{o.split("=", 1)[0]: o.split("=", 1)[1] for o in m.overrides},
+            **stability(_history(m)), **{o.split("=", 1)[0]: o.split("=", 1)[1] for o in m.overrides},
         })
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with atomic_path(out / "sweep.csv") as tmp:
@@ -551,7 +575,8 @@ def write_tables(members: list[Member], out: Path) -> list[dict[str, Any]]:
     for m in members:
         setting = " ".join(o for o in m.overrides if o.split("=", 1)[0] not in SEED_KEYS) or "(the card)"
         settings.setdefault(setting, []).append(m)
-    lines = ["| setting | n | validation error (mean ± std) | test error (mean ± std) | members not complete |", "|---|---|---|---|---|"]
+    lines = ["| setting | n | validation error (mean ± std) | test error (mean ± std) | final validation error (mean) | stable | "
+             "members not complete |", "|---|---|---|---|---|---|---|"]
     curves = {}
     for setting, ms in settings.items():
         done = [(_summary_of(m), m) for m in ms]
@@ -560,16 +585,19 @@ def write_tables(members: list[Member], out: Path) -> list[dict[str, Any]]:
         test = [s["test_error"] for s in ok if isinstance(s.get("test_error"), float) and math.isfinite(s["test_error"])]
         fmt = lambda v: f"{100 * statistics.mean(v):.2f} ± {100 * (statistics.stdev(v) if len(v) > 1 else 0.0):.2f} %" if v else "—"
         bad = [f"{m.name}: {s.get('status', 'not run') if s else 'not run'}" for s, m in done if s not in ok]
-        lines.append(f"| {setting} | {len(val)} | {fmt(val)} | {fmt(test)} | {'; '.join(bad) or '—'} |")
-        histories = []
-        for m in ms:
-            path = m.out / "metrics.jsonl"
-            if path.exists():
-                histories.append([json.loads(l)["val_error"] for l in path.read_text().splitlines()])
+        st = [stability(_history(m)) for s, m in done if s in ok]
+        final = [x["final_val_error"] for x in st if isinstance(x["final_val_error"], float)]
+        final_txt = f"{100 * statistics.mean(final):.2f} %" if final else "—"
+        lines.append(f"| {setting} | {len(val)} | {fmt(val)} | {fmt(test)} | {final_txt} | {sum(x['stable'] is True for x in st)} of "
+                     f"{len(st)} | {'; '.join(bad) or '—'} |")
+        histories = [[h["val_error"] for h in _history(m)] for m in ms]
+        histories = [h for h in histories if h]
         if histories:
             n = min(len(h) for h in histories)
             curves[setting] = [statistics.mean(h[e] for h in histories) for e in range(n)]
-    write_text(out / "summary.md", "# Sweep: test error at the epoch of lowest validation error, over seeds\n\n" + "\n".join(lines) + "\n")
+    note = (f"\nStable: the last validation error within {100 * STABLE_VAL_PT:.1f} pt of the best and the training loss never "
+            f"above {STABLE_LOSS_RISE:g}× its minimum after reaching it.\n")
+    write_text(out / "summary.md", "# Sweep: test error at the epoch of lowest validation error, over seeds\n\n" + "\n".join(lines) + "\n" + note)
     if curves:
         import matplotlib
 

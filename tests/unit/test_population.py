@@ -169,3 +169,18 @@ def test_population_bench_times_both_paths_and_bounds_the_speedup(card):
     assert r["speedup"] == pytest.approx(r["population_samples_per_s"] / best, rel=1e-9)
     assert 1.0 <= r["ceiling"] <= 2.0 and r["population_samples_per_s"] > 0 and n == r["members"] * r["batches"] * 20
     assert r["ceiling_one_net_KB"] == pytest.approx(r["one_net_KB_samples_per_s"] / best, rel=1e-9)
+
+
+def test_stability_is_the_collapse_criterion():
+    """A run is stable when it ends within 0.3 pt of its best validation error and its training loss never
+    rises above 2× its minimum after reaching it (issue 14's C-VF criterion)."""
+    from neurohw.population import stability
+
+    h = lambda vals, losses: [{"val_error": v, "train_loss": l} for v, l in zip(vals, losses)]
+    ok = stability(h([0.05, 0.031, 0.030, 0.0329], [0.05, 0.02, 0.015, 0.016]))
+    assert ok["stable"] is True and ok["final_val_error"] == 0.0329 and ok["train_loss_min"] == 0.015
+    assert stability(h([0.05, 0.030, 0.0331], [0.05, 0.015, 0.016]))["stable"] is False  # ends 0.31 pt above its best
+    collapse = stability(h([0.05, 0.030, 0.031, 0.0302], [0.05, 0.015, 0.0301, 0.015]))
+    assert collapse["stable"] is False and collapse["train_loss_peak_after_min"] == 0.0301  # the loss rose above 2×
+    assert stability(h([0.05, 0.907], [0.05, float("nan")]))["stable"] is False
+    assert stability([])["stable"] == ""
