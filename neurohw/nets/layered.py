@@ -24,7 +24,7 @@ from torch import nn
 
 from neurohw.core.activations import get_activation
 from neurohw.errors import ConfigError
-from neurohw.nets.layers import Conv2d, Dense, LowPrecision, addmm
+from neurohw.nets.layers import Conv2d, Dense, LowPrecision, _batched, addmm
 from neurohw.spec import COSTS, NUDGES
 
 State = list[torch.Tensor]
@@ -306,6 +306,9 @@ class Phase:
             dyn = self.layers[: self.n]
             self.fwd_w = [l.weight.t() for l in dyn]
             self.back_w = [l.weight if l.weight_backward is None else l.weight_backward for l in dyn]
+            # c + k·(a @ w): torch.addmm, or under torch.func.vmap (a population) the form vmap batches fast;
+            # chosen once per phase, not at every product of every step
+            self.mm = addmm if _batched(dyn[0].weight) else torch.addmm
             scaled = self.k != 1.0 or c != 0.0
             self.neg_k_beta = -self.k * beta
             self.const = [x_drive * self.k + c if scaled else x_drive] + [l.bias * self.k + c for l in dyn[1:]]
@@ -363,11 +366,12 @@ class Phase:
                 return lp.addmm(const, s[1], self.back_w[1], alpha=k) if n > 1 else const.clone()
             u = lp.addmm(const, s[i - 1], self.fwd_w[i], alpha=k)
             return lp.addmm(u, s[i + 1], self.back_w[i + 1], alpha=k) if i + 1 < n else u
+        mm = self.mm
         if i == 0:
-            return addmm(const, s[1], self.back_w[1], alpha=k) if n > 1 else const.clone()
-        u = addmm(const, s[i - 1], self.fwd_w[i], alpha=k)
+            return mm(const, s[1], self.back_w[1], alpha=k) if n > 1 else const.clone()
+        u = mm(const, s[i - 1], self.fwd_w[i], alpha=k)
         if i + 1 < n:
-            u = addmm(u, s[i + 1], self.back_w[i + 1], alpha=k)  # not addmm_: vmap (populations) cannot batch it
+            u = mm(u, s[i + 1], self.back_w[i + 1], alpha=k)  # not addmm_: vmap (populations) cannot batch it
         return u
 
     def _softmax_error(self, s_last: torch.Tensor) -> torch.Tensor:
