@@ -4,7 +4,7 @@
 #   stage 1 (≤ 4 minutes): the machine (GPU, driver, torch, CUDA), the CUDA tests (pytest -m gpu), then
 #           `neurohw bench --card` of every EP card on synthetic data of its shape — eager, static program,
 #           CUDA graph, TF32 and bf16 operands side by side in one run (each card its own eager baseline) —
-#           and `neurohw bench --device cuda` (engine vs autograd of Φ);
+#           `neurohw bench --population 32` (issue 14) and `neurohw bench --device cuda` (engine vs autograd of Φ);
 #   stage 2 (the rest of the slot): the full mnist_ep_conv card on the GPU, capped by wall time
 #           (STAGE2_SECONDS) and checkpointed after every epoch, so that a later slot resumes it where it
 #           stopped (the same command: it passes --resume when the run directory holds a checkpoint).
@@ -58,6 +58,10 @@ if [ "$STAGE" = 1 ] || [ "$STAGE" = all ]; then
   # shellcheck disable=SC2086
   "$PY" -m neurohw bench --card models/mnist_ep_fc1.toml --device "$DEVICE" --batches "$BATCHES" $SMALL_FC \
     --epoch-samples "$EPOCH_SAMPLES" --json "$OUT/bench_mnist_ep_fc1_epoch.json" 2>&1 | tee "$OUT/bench_mnist_ep_fc1_epoch.txt"
+  log "stage 1: bench --population (issue 14: 32 members of fc1 as one program vs one after another)"
+  # shellcheck disable=SC2086
+  "$PY" -m neurohw bench --card models/mnist_ep_fc1.toml --device "$DEVICE" --population $([ "${QUICK:-0}" = 1 ] && echo 2 || echo 32) \
+    --batches $([ "${QUICK:-0}" = 1 ] && echo 2 || echo 20) $SMALL_FC --json "$OUT/bench_population.json" 2>&1 | tee "$OUT/bench_population.txt"
   log "stage 1: bench (engine vs autograd of Φ)"
   "$PY" -m neurohw bench --device "$DEVICE" --samples $([ "${QUICK:-0}" = 1 ] && echo 40 || echo 2000) \
     --repeats $([ "${QUICK:-0}" = 1 ] && echo 1 || echo 3) --json "$OUT/bench_engine.json" 2>&1 | tee "$OUT/bench_engine.txt"
