@@ -34,7 +34,7 @@ from neurohw.data import AugmentDraw, augment, limit_splits, load_splits, one_ho
 from neurohw.errors import ConfigError
 from neurohw.io.atomic import atomic_path, write_text
 from neurohw.learning.base import free_phase
-from neurohw.program import draw_epoch, sgd_update
+from neurohw.program import capture_graph, draw_epoch, sgd_update
 from neurohw.runs import learning_warnings, progress_bar
 
 POPULATION_LEARNERS = ("ep", "cep", "cvf")
@@ -138,6 +138,9 @@ class Population:
             m.status = "running" if a else "complete"
         self.continual = cfg.learner.algorithm in ("cep", "cvf")
         self._vpredict = torch.func.vmap(self._member_predict, in_dims=(0, None))
+        self._static: dict[str, Any] | None = None  # the device tensors of one batch (`_program`)
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self._capture_failed = False
         for t in self.trainers:
             t.program = None  # a member's update runs in the population's program
 
@@ -237,37 +240,104 @@ class Population:
             orders.append(tables.order)
             signs.append(tables.signs if tables.signs is not None else torch.ones(n_batches))
             draws.append(tables.draws)
-        order = torch.stack(orders).to(split.images.device)  # (K, n_batches, B)
-        sign = torch.stack(signs).to(device=self.device, dtype=self.dtype)  # (K, n_batches)
         sc = self._scalars()
         mask = torch.tensor(active, device=self.device)
         sc["neg_lrs"] = torch.where(mask.view(K, 1), sc["neg_lrs"], torch.zeros_like(sc["neg_lrs"]))  # inactive: frozen
-        pre, n_classes, shape = self.trainers[0].preprocess, self.trainers[0].info.n_classes, self.net.input_shape
-        loss_sum = torch.zeros(K, dtype=torch.float64, device=self.device)
-        correct = torch.zeros(K, dtype=torch.int64, device=self.device)
-        dims = tuple(None if v is None else 0 for v in (self.params, self.bufs, 0, 0, 0, 0, 0, sc["wd"], 0, sc["factors"]))
-        vupdate = torch.func.vmap(self._member_update, in_dims=dims)
+        st = self._program(n_batches, B, padding, sc)
+        pin = self.device.type == "cuda"
+        put = lambda dst, src: dst.copy_(src.pin_memory() if pin else src, non_blocking=pin)
+        put(st["order"], torch.stack(orders))  # (K, n_batches, B)
+        put(st["sign"], torch.stack(signs).to(self.dtype))  # (K, n_batches)
+        if padding is not None:
+            for f in ("flip", "top", "left"):
+                put(st["draws"][f], torch.stack([getattr(d, f) for d in draws]))
+        for key, value in sc.items():
+            if value is not None:
+                st["scalars"][key].copy_(value)
+        for key in ("counter", "loss_sum", "correct"):
+            st[key].zero_()
+        self._maybe_capture(st)
         bar = progress_bar(n_batches, f"epoch {epoch + 1}/{cfg.train.epochs} ({K} members)", self.progress)
-        with torch.no_grad():
-            for b in range(n_batches):
-                idx = order[:, b]  # (K, B)
-                x4 = pre.float_images(split.images[idx.reshape(-1)])
-                if padding is not None:
-                    d = AugmentDraw(*(torch.cat([getattr(dr, f)[b] for dr in draws]) for f in ("flip", "top", "left")))
-                    x4 = augment(x4, padding, d)
-                x = x4.reshape(K, B, *shape)
-                y = one_hot(split.labels[idx.reshape(-1)], n_classes, self.dtype).view(K, B, n_classes)
-                loss, right = vupdate(self.params, self.bufs, x, y, sign[:, b], sc["beta"], sc["neg_lrs"], sc["wd"],
-                                      sc["mom"], sc["factors"])
-                loss_sum += loss.to(torch.float64) * B
-                correct += right
-                if bar is not None:
-                    bar.update(1)
+        for _ in range(n_batches):
+            if self.graph is not None:
+                self.graph.replay()
+            else:
+                self._batch()
+            if bar is not None:
+                bar.update(1)
         if bar is not None:
             bar.close()
         n_seen = n_batches * B
-        losses, rights = (loss_sum / n_seen).tolist(), correct.tolist()
+        losses, rights = (st["loss_sum"] / n_seen).tolist(), st["correct"].tolist()
         return [(l, 1.0 - r / n_seen, n_seen) if a else None for l, r, a in zip(losses, rights, active)]
+
+    # --------------------------------------------------------------------- the static program
+    def _program(self, n_batches: int, B: int, padding: int | None, sc: dict[str, torch.Tensor | None]) -> dict[str, Any]:
+        """The device tensors one batch reads (allocated once: a captured graph keeps their addresses):
+        the epoch's sample order, β signs and augmentation draws per member, the members' scalars, the
+        batch counter and the statistics. A batch reads nothing back to the host."""
+        if self._static is None:
+            K, dev = len(self.trainers), self.device
+            self._static = {
+                "order": torch.zeros(K, n_batches, B, dtype=torch.int64, device=dev),
+                "sign": torch.ones(K, n_batches, dtype=self.dtype, device=dev),
+                "draws": None if padding is None else {
+                    f: torch.zeros(K, n_batches, B, dtype=t, device=dev)
+                    for f, t in (("flip", torch.bool), ("top", torch.int64), ("left", torch.int64))},
+                "scalars": {k: v.clone() if v is not None else None for k, v in sc.items()},
+                "counter": torch.zeros((), dtype=torch.int64, device=dev),
+                "loss_sum": torch.zeros(K, dtype=torch.float64, device=dev),
+                "correct": torch.zeros(K, dtype=torch.int64, device=dev),
+            }
+            dims = tuple(None if v is None else 0 for v in (self.params, self.bufs, 0, 0, 0, 0, 0, sc["wd"], 0, sc["factors"]))
+            self._vupdate = torch.func.vmap(self._member_update, in_dims=dims)
+        return self._static
+
+    @torch.no_grad()
+    def _batch(self) -> None:
+        """One batch of every member, from the device tensors of `_program` (the counter's batch)."""
+        st, t0 = self._static, self.trainers[0]
+        cfg, split = t0.cfg, t0.train_split
+        K, B = st["order"].shape[0], st["order"].shape[2]
+        b = st["counter"].view(1)
+        idx = st["order"].index_select(1, b).reshape(-1)  # (K·B,), member by member
+        x4 = t0.preprocess.float_images(split.images.index_select(0, idx))
+        if st["draws"] is not None:
+            d = AugmentDraw(*(st["draws"][f].index_select(1, b).reshape(-1) for f in ("flip", "top", "left")))
+            x4 = augment(x4, cfg.data.crop_padding, d)
+        x = x4.reshape(K, B, *self.net.input_shape)
+        y = one_hot(split.labels.index_select(0, idx), t0.info.n_classes, self.dtype).view(K, B, -1)
+        sign = st["sign"].index_select(1, b).view(K)
+        sc = st["scalars"]
+        loss, right = self._vupdate(self.params, self.bufs, x, y, sign, sc["beta"], sc["neg_lrs"], sc["wd"], sc["mom"],
+                                    sc["factors"])
+        st["loss_sum"].add_(loss.to(torch.float64) * B)
+        st["correct"].add_(right)
+        st["counter"].add_(1)
+
+    def _mutable(self) -> list[torch.Tensor]:
+        st = self._static
+        bufs = list(self.bufs.values()) if self.bufs is not None else []
+        return [*self.params.values(), *bufs, st["counter"], st["loss_sum"], st["correct"]]
+
+    def _maybe_capture(self, st: dict[str, Any]) -> None:
+        """On CUDA (train.cuda_graphs auto or true) record one batch as a CUDA graph, once: warm-up runs
+        on a side stream whose effects are undone, then the capture; `auto` falls back to eager batches
+        with one warning if the capture fails, `true` raises."""
+        mode = self.trainers[0].cfg.train.cuda_graphs
+        if self.graph is not None or self.device.type != "cuda" or mode == "false" or self._capture_failed:
+            return
+        snap = [t.clone() for t in self._mutable()]
+        try:
+            self.graph = capture_graph(self._batch, self._mutable(), self.device)
+        except Exception as e:  # noqa: BLE001 — any failure of capture falls back (or is the error under `true`)
+            for t, v in zip(self._mutable(), snap):
+                t.copy_(v)
+            if mode == "true":
+                raise ConfigError(f"train.cuda_graphs = true: capture of the population's update failed: {type(e).__name__}: {e}") from None
+            self._capture_failed = True
+            self.log(f"warning: train.cuda_graphs = auto: capture of the population's update failed ({type(e).__name__}: "
+                     f"{e}); its batches run eagerly")
 
     def errors(self, split_name: str) -> list[float]:
         """Each member's error rate on the validation or test split (the same images for every member)."""
@@ -333,7 +403,7 @@ class Population:
                     self.active[k], m.status = False, "complete"
         summaries = []
         for k, (t, m) in enumerate(zip(self.trainers, self.members)):
-            s = t.run.summary(walls[k], {**t.summary_extras(), "update": "population", "members": len(self.members),
+            s = t.run.summary(walls[k], {**t.summary_extras(), "update": "population (cuda graph)" if self.graph is not None else "population", "members": len(self.members),
                                          "status": m.status})
             summaries.append(s)
         return summaries

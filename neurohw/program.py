@@ -23,7 +23,7 @@ device tensor, and β as a device tensor for random-sign).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -148,6 +148,29 @@ def draw_epoch(n_train: int, n_batches: int, batch: int, shuffle_gen, augment_ge
     if sampler is not None and sampler.estimator == "random-sign":
         signs = torch.tensor([sampler.draw_sign() for _ in range(n_batches)])
     return EpochTables(order, draws, signs)
+
+
+def capture_graph(run: Callable[[], None], mutable: list[torch.Tensor], device: torch.device,
+                  reset: Callable[[], None] | None = None) -> "torch.cuda.CUDAGraph":
+    """`run` recorded as a CUDA graph: WARMUP_RUNS runs on a side stream first (cuBLAS/cuDNN set-up,
+    autotuning), whose effects on the tensors in `mutable` are undone (and `reset()` called), then the
+    capture (which records the kernels without running them)."""
+    snap = [t.detach().clone() for t in mutable]
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(WARMUP_RUNS):
+            run()
+    torch.cuda.current_stream(device).wait_stream(side)
+    with torch.no_grad():
+        for t, v in zip(mutable, snap):
+            t.copy_(v)
+    if reset is not None:
+        reset()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run()
+    return graph
 
 
 class UpdateProgram:
@@ -281,19 +304,7 @@ class UpdateProgram:
         undone); later calls replay it. Needs the epoch's tables uploaded first."""
         if self.device.type != "cuda":
             raise ConfigError("train.cuda_graphs needs a CUDA device")
-        snap = self.snapshot()
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(WARMUP_RUNS):
-                self.run()
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        self.restore(snap)
-        self.opt.k = 0
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.run()
-        self.graph = graph
+        self.graph = capture_graph(self.run, self._mutable(), self.device, reset=lambda: setattr(self.opt, "k", 0))
 
     # ------------------------------------------------------------------------ divergence replay
     def replay_eagerly(self, snap: list[torch.Tensor], start: int, end: int, bad: list[str], epoch: int) -> None:

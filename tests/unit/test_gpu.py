@@ -117,3 +117,24 @@ def test_bf16_and_tf32_operands_on_the_gpu(arch, mnist_small):
     print(f"\n{arch}: cosine to fp32, bf16 operands {[round(c, 4) for c in cos_bf16]}, tf32 {[round(c, 4) for c in cos_tf32]}")
     floor = 0.99 if arch == "fc1" else 0.5
     assert min(cos_bf16) > floor and min(cos_tf32) > floor
+
+
+def test_population_graph_replay_equals_its_eager_batches(tmp_path, mnist_small):
+    """A population of 3 fc members (random-sign β, cosine schedule, momentum, own seeds and β) captured as
+    one CUDA graph per batch and replayed for 2 epochs against the same population's eager batches on the
+    same GPU: float32 round-off only. A frozen learning rate or sign in the graph differs by ≥ 1e-3."""
+    from neurohw.population import sweep
+
+    items = ["seed=0,1,2", "learner.beta=0.1,0.2", *GRAPH_BASE]
+    rows = {}
+    for mode in ("false", "true"):
+        rows[mode] = sweep("models/mnist_ep_fc1.toml", [*items, f"train.cuda_graphs={mode}"], tmp_path / mode,
+                           splits=mnist_small, progress=False, log=None)
+    import json
+
+    for r in rows["true"]:
+        assert json.loads((tmp_path / "true" / r["dir"] / "summary.json").read_text())["update"] == "population (cuda graph)"
+        a = torch.load(tmp_path / "false" / r["dir"] / "checkpoint.pt", weights_only=True, map_location="cpu")["net"]
+        b = torch.load(tmp_path / "true" / r["dir"] / "checkpoint.pt", weights_only=True, map_location="cpu")["net"]
+        scale = max(float(t.abs().max()) for t in a.values())
+        assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5 * scale, r["member"]

@@ -184,3 +184,36 @@ def test_stability_is_the_collapse_criterion():
     assert collapse["stable"] is False and collapse["train_loss_peak_after_min"] == 0.0301  # the loss rose above 2×
     assert stability(h([0.05, 0.907], [0.05, float("nan")]))["stable"] is False
     assert stability([])["stable"] == ""
+
+
+@pytest.mark.parametrize("case", ["ep_random_sign_fc", "cvf_symmetric_decay"])
+def test_a_population_batch_reads_nothing_back_to_the_host(case, tmp_path, mnist_small):
+    """What a CUDA graph of the population's batch needs (captured on CUDA, tests/unit/test_gpu.py): the
+    batch, its signs, augmentation draws, learning rates and statistics all live on the device, indexed by
+    a device counter. Planted: indexing the order by a Python batch number read from the counter, or a
+    statistic read with .item() inside the batch — each is a host read here."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class HostReads(TorchDispatchMode):
+        SYNCING = {"_local_scalar_dense", "item", "is_nonzero", "equal", "nonzero", "masked_select", "unique"}
+
+        def __init__(self):
+            super().__init__()
+            self.ops, self.reads = 0, []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops += 1
+            if func.overloadpacket.__name__ in self.SYNCING:
+                self.reads.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    card, extra = CASES[case]
+    members = [Member(f"m{k}", load_config(MODELS / f"{card}.toml", BASE + extra + v), tmp_path / f"m{k}")
+               for k, v in enumerate(VARIANTS)]
+    pop = Population(members, splits=mnist_small, progress=False, log=None)
+    pop.train_epoch(0, [True] * len(members))  # allocates the program, runs an epoch
+    pop._static["counter"].zero_()
+    with HostReads() as mode:
+        pop._batch()
+    assert mode.reads == [], f"host reads in the population's batch: {mode.reads}"
+    assert mode.ops > 50
