@@ -483,6 +483,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    reconfigure = getattr(sys.stdout, "reconfigure", None)
+    if reconfigure is not None:  # epoch lines reach a log file (`… > run.log`) as they are printed, not 8 KiB later
+        reconfigure(line_buffering=True)
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may also follow the options (`neurohw train CARD --out DIR train.epochs=1`)

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import textwrap
 from pathlib import Path
 
@@ -488,3 +489,21 @@ def test_under_torchrun_only_rank_0_prints_the_summary(rank, prints, monkeypatch
     monkeypatch.setenv("RANK", rank)
     assert main(["train", str(ROOT / "models" / "mnist_ep_fc1.toml"), "--out", str(tmp_path / "r")]) == 0
     assert ("best epoch 1" in capsys.readouterr().out) == prints
+
+
+def test_lines_reach_a_log_file_as_they_are_printed(tmp_path):
+    """`neurohw … > run.log`: stdout is line-buffered, so a long run's epoch lines are in the file while it
+    runs (block buffering held them back until 8 KiB had gathered). Read while the process still lives."""
+    log = tmp_path / "out.log"
+    code = "import time, neurohw.cli as c; c.cmd_keys = lambda a: (print('first line'), time.sleep(120), 0)[2]; c.main(['keys'])"
+    with open(log, "w") as f:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # as a user's shell has it
+        proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=f, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.time() + 20
+        while time.time() < deadline and "first line" not in log.read_text():
+            time.sleep(0.2)
+        assert "first line" in log.read_text()
+    finally:
+        proc.kill()
+        proc.wait()
