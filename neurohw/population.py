@@ -9,9 +9,10 @@ own: its seeds (initial weights, data order, augmentation, the sign of a random-
 rates, momentum and weight decay, its schedule and patience, and its standard run directory (a
 `train.Trainer` holds its state: `neurohw export` works on any member, and the member's checkpoint is
 that of a single run). Member k trains as the single-network run with member k's config, to float64
-round-off (tests/unit/test_population.py). Members must share everything else (`PROGRAM_KEYS`); `sweep`
-groups the members of a grid into programs automatically. A member whose weights or loss become
-non-finite is stopped and reported by name; the others go on.
+round-off (tests/unit/test_population.py). Members must share everything but `MEMBER_KEYS` (`program_key`);
+`sweep` groups the members of a grid into programs automatically. A member whose weights or loss become
+non-finite is stopped and reported by name; the others go on. One batch of all members reads only device
+tensors (`_program`, `_batch`), so on CUDA it is captured once as a CUDA graph and replayed.
 """
 
 from __future__ import annotations
