@@ -404,8 +404,8 @@ class Population:
                     self.active[k], m.status = False, "complete"
         summaries = []
         for k, (t, m) in enumerate(zip(self.trainers, self.members)):
-            s = t.run.summary(walls[k], {**t.summary_extras(), "update": "population (cuda graph)" if self.graph is not None else "population", "members": len(self.members),
-                                         "status": m.status})
+            update = "population (cuda graph)" if self.graph is not None else "population"
+            s = t.run.summary(walls[k], {**t.summary_extras(), "update": update, "members": len(self.members), "status": m.status})
             summaries.append(s)
         return summaries
 
@@ -627,6 +627,8 @@ def _history(m: Member) -> list[dict[str, Any]]:
 def write_tables(members: list[Member], out: Path) -> list[dict[str, Any]]:
     """sweep.csv (a row per member), summary.md (mean ± std over the seeds of each setting) and
     curves.png (the validation error per epoch, mean over seeds, per setting)."""
+    history = {id(m): _history(m) for m in members}  # each member's metrics.jsonl, read once
+    stable = {id(m): stability(history[id(m)]) for m in members}
     rows = []
     for m in members:
         s = _summary_of(m)
@@ -634,7 +636,7 @@ def write_tables(members: list[Member], out: Path) -> list[dict[str, Any]]:
         rows.append({
             "member": m.name, "dir": str(m.out.relative_to(out)), "status": status, "epochs": s.get("epochs", 0),
             "best_epoch": s.get("best_epoch", ""), "val_error": s.get("val_error", ""), "test_error": s.get("test_error", ""),
-            **stability(_history(m)), **{o.split("=", 1)[0]: o.split("=", 1)[1] for o in m.overrides},
+            **stable[id(m)], **{o.split("=", 1)[0]: o.split("=", 1)[1] for o in m.overrides},
         })
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with atomic_path(out / "sweep.csv") as tmp:
@@ -656,12 +658,12 @@ def write_tables(members: list[Member], out: Path) -> list[dict[str, Any]]:
         test = [s["test_error"] for s in ok if isinstance(s.get("test_error"), float) and math.isfinite(s["test_error"])]
         fmt = lambda v: f"{100 * statistics.mean(v):.2f} ± {100 * (statistics.stdev(v) if len(v) > 1 else 0.0):.2f} %" if v else "—"
         bad = [f"{m.name}: {s.get('status', 'not run') if s else 'not run'}" for s, m in done if s not in ok]
-        st = [stability(_history(m)) for s, m in done if s in ok]
+        st = [stable[id(m)] for s, m in done if s in ok]
         final = [x["final_val_error"] for x in st if isinstance(x["final_val_error"], float)]
         final_txt = f"{100 * statistics.mean(final):.2f} %" if final else "—"
         lines.append(f"| {setting} | {len(val)} | {fmt(val)} | {fmt(test)} | {final_txt} | {sum(x['stable'] is True for x in st)} of "
                      f"{len(st)} | {'; '.join(bad) or '—'} |")
-        histories = [[h["val_error"] for h in _history(m)] for m in ms]
+        histories = [[h["val_error"] for h in history[id(m)]] for m in ms]
         histories = [h for h in histories if h]
         if histories:
             n = min(len(h) for h in histories)

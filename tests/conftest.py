@@ -35,6 +35,15 @@ def fake_splits(name: str, n_train: int = 32, n_eval: int = 16, seed: int = 0) -
     return Splits(info, split(n_train), split(n_eval), split(n_eval))
 
 
+def one_line_error(capsys, *words: str) -> str:
+    """The stderr of a failed command: one line `neurohw: error: …`, no traceback, holding every word."""
+    err = capsys.readouterr().err
+    assert err.startswith("neurohw: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for w in words:
+        assert w in err, (w, err)
+    return err
+
+
 def max_abs_diff(a, b) -> float:
     return max(float((x - y).detach().abs().max()) for x, y in zip(a, b))
 

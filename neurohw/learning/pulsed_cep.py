@@ -20,12 +20,12 @@ from __future__ import annotations
 import numpy as np
 
 from neurohw.choices import CONTINUAL_ESTIMATORS
-
-ONE_PHASE = tuple(e for e in CONTINUAL_ESTIMATORS if e != "symmetric")  # in situ: one nudged phase per batch
 from neurohw.core import rng
 from neurohw.devices.pulse_kernels import outer_update
 from neurohw.errors import ConfigError
 from neurohw.substrates.analog import twin
+
+ONE_PHASE = tuple(e for e in CONTINUAL_ESTIMATORS if e != "symmetric")  # in situ: one nudged phase per batch
 
 RANDOM_SIGN_TAG = 0x5EED_5161  # the key coordinate of the random-sign draws (distinct from every pulse key)
 WRITES = ("phase", "contrast")

@@ -11,8 +11,8 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -24,16 +24,11 @@ from neurohw.config import NetConfig, load_config, valid_keys
 from neurohw.io.hdf5 import save_spec
 from neurohw.nets.build import build_net
 from neurohw.nets.convert import to_spec
+from tests.conftest import one_line_error
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _one_line_error(capsys, *words: str) -> str:
-    err = capsys.readouterr().err
-    assert err.startswith("neurohw: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    for w in words:
-        assert w in err, (w, err)
-    return err
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +57,7 @@ def test_export_refuses_to_replace_a_file_without_overwrite(run_dir, tmp_path, c
     assert main(["export", str(run_dir), "--out", str(out)]) == 0
     out.write_bytes(b"precious")  # whatever the file holds, it is not replaced silently
     assert main(["export", str(run_dir), "--out", str(out)]) == 2
-    _one_line_error(capsys, str(out), "already exists", "--overwrite")
+    one_line_error(capsys, str(out), "already exists", "--overwrite")
     assert out.read_bytes() == b"precious"
     assert main(["export", str(run_dir), "--out", str(out), "--overwrite"]) == 0
     assert f"wrote {out}" in capsys.readouterr().out and out.read_bytes() != b"precious" and len(out.read_bytes()) > 1000
@@ -70,7 +65,7 @@ def test_export_refuses_to_replace_a_file_without_overwrite(run_dir, tmp_path, c
     default.unlink(missing_ok=True)
     assert main(["export", str(run_dir)]) == 0 and default.exists()
     assert main(["export", str(run_dir)]) == 2
-    _one_line_error(capsys, str(default), "--overwrite")
+    one_line_error(capsys, str(default), "--overwrite")
     default.unlink()
 
 
@@ -377,7 +372,7 @@ def test_the_other_tracebacks_of_item_13_are_one_line(argv, words, capsys, monke
         pytest.skip("CUDA is available here")
     monkeypatch.chdir(ROOT)
     assert main(argv) == 2
-    _one_line_error(capsys, *words)
+    one_line_error(capsys, *words)
 
 
 def test_a_corrupt_checkpoint_on_export_is_one_line_without_torchs_unsafe_advice(run_dir, tmp_path, capsys):
@@ -387,7 +382,7 @@ def test_a_corrupt_checkpoint_on_export_is_one_line_without_torchs_unsafe_advice
     shutil.copytree(run_dir, run)
     torch.save({"net": fractions.Fraction(1, 3)}, run / "best.pt")  # a global weights_only refuses: torch advises False
     assert main(["export", str(run), "--out", str(tmp_path / "n.h5")]) == 2
-    err = _one_line_error(capsys, "best.pt", "corrupt")
+    err = one_line_error(capsys, "best.pt", "corrupt")
     assert "weights_only" not in err
 
 

@@ -17,17 +17,12 @@ from neurohw.errors import ConfigError
 from neurohw.io.hdf5 import load_spec, save_spec
 from neurohw.nets.build import build_net
 from neurohw.nets.convert import to_spec
+from tests.conftest import one_line_error
 from test_analog import small
 
 RERAM = DeviceProfile(model="ReRAM-like", g_min_uS=1.0, g_max_uS=40.0, n_levels=64, corrupt_devices_prob=0.05, seed=3)
 
 
-def _one_line_error(capsys, *words: str) -> str:
-    err = capsys.readouterr().err
-    assert err.startswith("neurohw: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    for w in words:
-        assert w in err, (w, err)
-    return err
 
 
 # ---------------------------------------------------------------------------- import-conductances
@@ -53,7 +48,7 @@ def test_import_refuses_conductances_outside_the_device_range(mapped_file, tmp_p
     before = mapped_file.read_bytes()
     assert main(["import-conductances", str(mapped_file), str(tmp_path / "nS.npz"), "--out", str(tmp_path / "new.h5")]) == 2
     worst = f"{float(max(a.max() for a in measured.values() if a is measured['layers/00/g_plus_uS'])):g}"
-    _one_line_error(capsys, "nS.npz", "layer 00", "'layers/00/g_plus_uS'", "[1, 40] µS", "5%", worst, "--clip")
+    one_line_error(capsys, "nS.npz", "layer 00", "'layers/00/g_plus_uS'", "[1, 40] µS", "5%", worst, "--clip")
     assert not (tmp_path / "new.h5").exists() and mapped_file.read_bytes() == before
     with pytest.raises(ConfigError, match=r"layers/00/g_plus_uS.*layer 00.*outside"):  # the library checks too
         import_conductances(load_spec(mapped_file), measured, "nS.npz")
@@ -111,7 +106,7 @@ def test_unreadable_measured_files_are_one_line_naming_the_file(mapped_file, tmp
     np.savez(tmp_path / "good.npz", **_measured(mapped_file))
     damage(tmp_path / name, (tmp_path / "good.npz").read_bytes())
     assert main(["import-conductances", str(mapped_file), str(tmp_path / name), "--out", str(tmp_path / "new.h5")]) == 2
-    _one_line_error(capsys, str(tmp_path / name))
+    one_line_error(capsys, str(tmp_path / name))
     assert not (tmp_path / "new.h5").exists()
 
 
@@ -158,7 +153,7 @@ def test_simulate_reports_the_devices_the_scenario_mapped(mnist_file, tmp_path, 
 )
 def test_simulate_refuses_options_the_substrate_does_not_use_and_bad_counts(mnist_file, capsys, extra, words):
     assert main(["simulate", str(mnist_file), *extra]) == 2
-    _one_line_error(capsys, *words)
+    one_line_error(capsys, *words)
 
 
 def test_simulate_library_refuses_negative_n(mnist_file):
@@ -185,7 +180,7 @@ def test_simulate_library_refuses_negative_n(mnist_file):
 )
 def test_bench_refuses_bad_counts_before_any_work(mnist_file, capsys, args, words):
     assert main(["bench", *[str(mnist_file) if a == "NET" else a for a in args]]) == 2
-    _one_line_error(capsys, *words)
+    one_line_error(capsys, *words)
 
 
 def test_bench_library_refuses_bad_counts():

@@ -34,7 +34,7 @@ pytest.importorskip("brian2")
 
 from neurohw.cli import main  # noqa: E402
 from neurohw.config import NetConfig, load_config  # noqa: E402
-from neurohw.errors import ConfigError, DataError, SpecError  # noqa: E402
+from neurohw.errors import ConfigError, SpecError  # noqa: E402
 from neurohw.io.hdf5 import load_spec, save_spec  # noqa: E402
 from neurohw.io.nir import export_nir, from_graph, read_nir, spec_from_nir  # noqa: E402
 from neurohw.learning import set_initial_angle  # noqa: E402
@@ -43,6 +43,7 @@ from neurohw.nets.convert import to_spec  # noqa: E402
 from neurohw.nirtools import export as nir_export  # noqa: E402
 from neurohw.nirtools import nir_scenario  # noqa: E402
 from neurohw.substrates.brian2 import Brian2Substrate  # noqa: E402
+from tests.conftest import one_line_error  # noqa: E402
 
 pytestmark = [
     pytest.mark.brian2,
@@ -56,12 +57,6 @@ META = dict(T_free=20, T_nudge=5, beta=0.2, image_shape=(1, 6, 6), input_mean=(0
 NUMPY = ("brian2.target=numpy",)  # no C compilation in the tests; float64 like the other targets
 
 
-def _one_line_error(capsys, *words: str) -> str:
-    err = capsys.readouterr().err
-    assert err.startswith("neurohw: error: ") and err.count("\n") == 1 and "Traceback" not in err, err
-    for w in words:
-        assert w in err, (w, err)
-    return err
 
 
 def small_spec(kind: str, seed: int = 0):
@@ -214,18 +209,18 @@ def test_export_refuses_what_nir_cannot_carry(tmp_path, capsys):
         nir_export(h5, tmp_path / "lif.nir", card=ROOT / "sims" / "brian2_lif.toml")
     assert main(["export", str(h5), "--format", "nir", "--device", str(ROOT / "sims" / "reram_64levels.toml"),
                  "--out", str(tmp_path / "dev.nir")]) == 2
-    _one_line_error(capsys, "--device", "ideal weights", "no place for conductances")
+    one_line_error(capsys, "--device", "ideal weights", "no place for conductances")
     from neurohw.devices.mapping import load_profile, map_spec
 
     mapped = save_spec(map_spec(small_spec("fc"), load_profile(ROOT / "sims" / "reram_64levels.toml")), tmp_path / "mapped.h5")
     assert main(["export", str(mapped), "--format", "nir", "--out", str(tmp_path / "mapped.nir")]) == 2
-    _one_line_error(capsys, "device mapping", "Export the run without --device", "--substrate analog")
+    one_line_error(capsys, "device mapping", "Export the run without --device", "--substrate analog")
     assert main(["export", str(h5), "--format", "nir", "--out", str(tmp_path / "ok.nir")]) == 0
     capsys.readouterr()
     assert main(["export", str(h5), "--format", "nir", "--out", str(tmp_path / "ok.nir")]) == 2
-    _one_line_error(capsys, "ok.nir", "already exists", "--overwrite")
+    one_line_error(capsys, "ok.nir", "already exists", "--overwrite")
     assert main(["export", str(h5), "--sim", str(CARD), "--out", str(tmp_path / "x.h5")]) == 2
-    _one_line_error(capsys, "--sim", "--format nir")
+    one_line_error(capsys, "--sim", "--format nir")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mapped.h5", "net.h5", "ok.nir"]
     # scenarios that cannot run, and a file read with another spike area than it was written for
     with pytest.raises(ConfigError, match=r"cubalif.read_ms = 300 ms exceeds brian2.t_free_ms = 200 ms"):
@@ -233,7 +228,7 @@ def test_export_refuses_what_nir_cannot_carry(tmp_path, capsys):
     with pytest.raises(ConfigError, match=r"brian2.dt_ms = 2 ms is too coarse for CubaLIF neurons"):
         nir_scenario(CARD, ["brian2.dt_ms=2"])
     assert main(["simulate", str(tmp_path / "ok.nir"), "cubalif.spike_area_ms=0.2"]) == 2
-    _one_line_error(capsys, "ok.nir", "spikes of area 0.1 ms", "cubalif.spike_area_ms = 0.1")
+    one_line_error(capsys, "ok.nir", "spikes of area 0.1 ms", "cubalif.spike_area_ms = 0.1")
 
 
 def _foreign(nodes, edges):
@@ -261,7 +256,7 @@ def test_foreign_graphs_of_another_form_are_refused_naming_what_was_found(tmp_pa
         from_graph(two, "two")
     nir.write(tmp_path / "two.nir", two)
     assert main(["simulate", str(tmp_path / "two.nir"), "--n", "5"]) == 2
-    _one_line_error(capsys, "two.nir", "2 CubaLIF populations", "fc2: Linear", "l2: CubaLIF")
+    one_line_error(capsys, "two.nir", "2 CubaLIF populations", "fc2: Linear", "l2: CubaLIF")
     # a population whose recurrent weight also feeds the readout: not the form either
     side = _foreign({"in": nir.Input(input_type={"input": np.array([4])}), "fc": nir.Affine(rng.random((3, 4)), np.zeros(3)),
                      "lif": _cuba(3), "rec": nir.Linear(rng.random((3, 3))), "out": nir.Output(output_type={"output": np.array([3])})},
@@ -283,36 +278,25 @@ def test_foreign_graphs_of_another_form_are_refused_naming_what_was_found(tmp_pa
     # a NIR file is recognised by its content whatever its suffix; its input must fit the dataset it is run on
     (tmp_path / "one.h5").write_bytes((tmp_path / "one.nir").read_bytes())
     assert main(["simulate", str(tmp_path / "one.h5"), "--n", "5", *NUMPY]) == 2
-    _one_line_error(capsys, "takes 4 inputs", "784 values", "nir.dataset")
+    one_line_error(capsys, "takes 4 inputs", "784 values", "nir.dataset")
     assert main(["simulate", str(tmp_path / "one.nir"), "brian2.model=lif"]) == 2
-    _one_line_error(capsys, "this scenario is the LIF scenario", "--sim sims/nir_cubalif.toml")
+    one_line_error(capsys, "this scenario is the LIF scenario", "--sim sims/nir_cubalif.toml")
 
 
 # ------------------------------------------------------------------------------------------ (c) snnTorch imports ours
 @pytest.fixture(scope="module")
-def mnist_splits():
-    from neurohw.data import load_splits
-    from neurohw.config import DataConfig
-
-    try:
-        return load_splits(DataConfig(val_size=500, limit_train=2000, limit_eval=500))
-    except DataError as e:
-        pytest.skip(f"MNIST not found: {e}")
-
-
-@pytest.fixture(scope="module")
-def trained_nir(tmp_path_factory, mnist_splits):
+def trained_nir(tmp_path_factory, mnist_small):
     """A small trained fc net (784-64-10, three epochs on 2,000 images) exported to NIR with the card."""
     from neurohw.train import train
 
     out = tmp_path_factory.mktemp("nir") / "run"
     cfg = load_config(ROOT / "models" / "mnist_ep_fc1.toml",
                       ["net.hidden=[64]", "train.epochs=3", "data.limit_train=2000", "data.limit_eval=200", "device=cpu"])
-    train(cfg, out, splits=mnist_splits, progress=False, log=None)
+    train(cfg, out, splits=mnist_small, progress=False, log=None)
     return nir_export(out, out / "net.nir", card=CARD)
 
 
-def test_snntorch_import_agrees_with_neurohw_brian2_on_mnist(trained_nir, mnist_splits):
+def test_snntorch_import_agrees_with_neurohw_brian2_on_mnist(trained_nir, mnist_small):
     """snnTorch 1.0.0's import_from_nir of our file against neurohw's Brian2 run of the same file, on the first 50
     MNIST test images: Δt = 0.1 ms in both (snnTorch's fixed NIR step; brian2.dt_ms), 2,000 steps (200 ms), the
     output averaged over the last 1,000 steps (100 ms). Predictions agree on ≥ 97 % of the images and the two
@@ -322,8 +306,8 @@ def test_snntorch_import_agrees_with_neurohw_brian2_on_mnist(trained_nir, mnist_
 
     spec, _ = spec_from_nir(trained_nir)
     n = 50
-    x = spec.preprocess(mnist_splits.test.images[:n].numpy()).reshape(n, -1)
-    y = mnist_splits.test.labels[:n].numpy()
+    x = spec.preprocess(mnist_small.test.images[:n].numpy()).reshape(n, -1)
+    y = mnist_small.test.labels[:n].numpy()
     scenario = nir_scenario(CARD, NUMPY)
     b, c = scenario.brian2, scenario.cubalif
     assert (b.dt_ms, b.free_steps, round(c.read_ms / b.dt_ms)) == (0.1, 2000, 1000)
@@ -351,15 +335,15 @@ def test_simulate_a_nir_file_reports_torch_next_to_brian2(trained_nir, tmp_path,
 
 
 # ------------------------------------------------------------------------------------------ (d) neurohw reads snnTorch's
-def snntorch_recurrent_net(mnist_splits, seed=0, k=3, gain=1.5e-4, rec=2e-3):
+def snntorch_recurrent_net(mnist_small, seed=0, k=3, gain=1.5e-4, rec=2e-3):
     """784 → Linear → RSynaptic (10·k neurons, all-to-all recurrent Linear with bias) → Linear → 10 scores, built in
     snnTorch: k neurons per class whose input weights are the class's mean training image (of the 2,000) (centred, unit norm,
     gains drawn in [1, 1.5]·gain), random recurrent weights N(0, rec²) and biases, a readout that sums each class's
     neurons. Not trained: a template matcher whose recurrence changes its answers."""
     import snntorch as snn
 
-    x = mnist_splits.train.images.numpy().reshape(len(mnist_splits.train.labels), -1) / 255.0
-    y = mnist_splits.train.labels.numpy()
+    x = mnist_small.train.images.numpy().reshape(len(mnist_small.train.labels), -1) / 255.0
+    y = mnist_small.train.labels.numpy()
     templ = np.stack([x[y == c].mean(0) for c in range(10)])
     templ -= templ.mean(0)
     templ /= np.linalg.norm(templ, axis=1, keepdims=True)
@@ -379,7 +363,7 @@ def snntorch_recurrent_net(mnist_splits, seed=0, k=3, gain=1.5e-4, rec=2e-3):
     return model, rsyn
 
 
-def test_a_recurrent_snntorch_network_exported_by_snntorch_runs_in_brian2(tmp_path, mnist_splits):
+def test_a_recurrent_snntorch_network_exported_by_snntorch_runs_in_brian2(tmp_path, mnist_small):
     """A recurrent snnTorch network (snntorch_recurrent_net: RSynaptic, 30 neurons) written by snnTorch's own
     export_to_nir (the flat form: lif ⇄ w_rec as a 2-cycle) is read by neurohw (from_graph) and simulated by
     Brian2. snnTorch runs its own module: Δt = 0.1 ms, 4,000 steps (400 ms), the scores averaged over the last
@@ -391,14 +375,14 @@ def test_a_recurrent_snntorch_network_exported_by_snntorch_runs_in_brian2(tmp_pa
     from snntorch.export_nir import export_to_nir
 
     n, steps, read = 200, 4000, 3000
-    model, rsyn = snntorch_recurrent_net(mnist_splits)
+    model, rsyn = snntorch_recurrent_net(mnist_small)
     graph = export_to_nir(model, torch.zeros(1, 784), ignore_dims=[0])
     nir.write(tmp_path / "snn.nir", graph)
     assert {type(v).__name__ for v in nir.read(tmp_path / "snn.nir").nodes.values()} >= {"CubaLIF", "Affine"}
     net, meta = read_nir(tmp_path / "snn.nir")
     assert meta is None and net.n == 30 and net.n_in == 784 and net.n_out == 10 and np.any(net.b_rec)
 
-    x = mnist_splits.test.images[:n].numpy().reshape(n, -1) / 255.0
+    x = mnist_small.test.images[:n].numpy().reshape(n, -1) / 255.0
     xt = torch.as_tensor(x, dtype=torch.float32)
     total = torch.zeros(n, 10, dtype=torch.float64)
     with torch.no_grad():
