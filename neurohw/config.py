@@ -142,6 +142,11 @@ class LearnerConfig:
         "layers from their fresh neighbours; T_free/T_nudge/T_eval then count sweeps; same fixed point, eq. async)",
     )
     psi_deg: float = _f(0.0, "cvf: initial angle in degrees between forward and feedback weights")
+    feedback_lr_ratio: float = _f(
+        1.0,
+        "cvf: r_b, the feedback weights' update as a fraction of the rule's: ΔW^b = r_b·(η/β)·s_{n+1} Δs_nᵀ "
+        "(eq. C-VF; with SGD and no weight decay, a learning rate r_b·η for W^b); 0 keeps the feedback weights fixed",
+    )
     vf_rule: str = _f("activity", "cvf: per-step update, activity (post-synaptic change × pre-synaptic activity, eq. C-VF; the authors' rule) | vector-field ((∂F/∂θ)ᵀ Δs: the change gated by ρ'(a), eq. C-VF-vf; neurohw's option)")
     seed: int = _f(0, "seed of the learner's own generator (sign of β for random-sign; DTP: feedback init and noise)")
     fb_iters: tuple[int, ...] = _f((20,), "dtp/drl/ldrl: feedback training iterations per batch, per feedback layer G_2…G_N (one value broadcasts)")
@@ -161,6 +166,8 @@ class LearnerConfig:
         check_choice("learner.vf_rule", self.vf_rule, VF_RULES)
         check_choice("learner.relaxation", self.relaxation, RELAXATIONS)
         check_positive("learner.beta", self.beta)
+        if not (math.isfinite(self.feedback_lr_ratio) and self.feedback_lr_ratio >= 0.0):
+            raise ConfigError(f"learner.feedback_lr_ratio must be a finite number ≥ 0, got {self.feedback_lr_ratio}")
         check_positive("learner.T_free", self.T_free)
         check_positive("learner.T_nudge", self.T_nudge)
         for key in ("T_eval", "T_backprop"):
@@ -421,6 +428,7 @@ def key_usage(cfg: RunConfig) -> dict[str, tuple[bool, str]]:
         "train.compile": (ep and cfg.train.optimizer == "sgd", "the EP learners (ep, cep, cvf) with train.optimizer = 'sgd'"),
         "learner.psi_deg": (a == "cvf", "learner.algorithm = 'cvf'"),
         "learner.vf_rule": (a == "cvf", "learner.algorithm = 'cvf'"),
+        "learner.feedback_lr_ratio": (a == "cvf", "learner.algorithm = 'cvf'"),
         "net.nudge": (ep, "the nudged phases of the EP learners (ep, cep, cvf)"),
         "train.momentum": (cfg.train.optimizer == "sgd", "train.optimizer = 'sgd'"),
         "train.cosine_epochs": (cfg.train.scheduler == "cosine", "train.scheduler = 'cosine'"),

@@ -23,7 +23,7 @@ def _cep(cfg, precision):
 def _cvf(cfg, precision):
     return CVF(
         cfg.beta, cfg.T_free, cfg.T_nudge, cfg.estimator, seed=cfg.seed, T_eval=cfg.T_eval, rule=cfg.vf_rule,
-        relaxation=cfg.relaxation, precision=precision,
+        relaxation=cfg.relaxation, precision=precision, feedback_ratio=cfg.feedback_lr_ratio,
     )
 
 

@@ -14,9 +14,11 @@ C-VF replaces the tied feedback by untied weights and the update by the local ve
 (post-synaptic change × pre-synaptic activity at step t):
 
     ΔW_n = (η/β) (s_{n+1,t+1} − s_{n+1,t}) s_{n,t}ᵀ,   Δb_n = (η/β)(s_{n+1,t+1} − s_{n+1,t}),
-    ΔW^b_n = (η/β) s_{n+1,t} (s_{n,t+1} − s_{n,t})ᵀ                                 (eq. C-VF)
+    ΔW^b_n = r_b (η/β) s_{n+1,t} (s_{n,t+1} − s_{n,t})ᵀ                             (eq. C-VF)
 
-where W^b_n (`weight_backward`, same shape as W_n) carries s_{n+1} back to s_n as s_{n+1}·W^b_n.
+where W^b_n (`weight_backward`, same shape as W_n) carries s_{n+1} back to s_n as s_{n+1}·W^b_n, and
+r_b (`feedback_ratio`, learner.feedback_lr_ratio, 1 in the authors' code) scales the feedback weights' update
+(with SGD and no weight decay: their learning rate is r_b·η).
 This ungated rule is the one of the authors' code (ernoult/continualEP `VFdisc.computeGradients`,
 and Laborieux et al.'s `VF_MLP`), and the default. With `rule = "vector-field"` the update is instead
 Δθ = (η/β) (∂F/∂θ(x, s_t, θ_t))ᵀ (s_{t+1} − s_t) for the step s_{t+1} = F(x, s_t, θ_t), the vector-field
@@ -126,8 +128,11 @@ class CVF(_Continual):
 
     name = "cvf"
 
-    def __init__(self, *args, rule: str = "activity", **kwargs):
+    def __init__(self, *args, rule: str = "activity", feedback_ratio: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
+        if not (math.isfinite(feedback_ratio) and feedback_ratio >= 0.0):
+            raise ConfigError(f"learner.feedback_lr_ratio must be a finite number ≥ 0, got {feedback_ratio}")
+        self.feedback_ratio = float(feedback_ratio)
         if rule not in VF_RULES:
             raise ConfigError(f"learner.vf_rule must be one of {', '.join(VF_RULES)}, got {rule!r}")
         if rule == "vector-field" and self.relaxation != "sync":
@@ -141,7 +146,7 @@ class CVF(_Continual):
         gates = None
         if self.rule == "vector-field":
             gates = [net.activation.slope(a) for a in net.pre_activations(x_drive, s, y, beta)]
-        return vf_updates(net, x, s, s_next, gates)
+        return vf_updates(net, x, s, s_next, gates, self.feedback_ratio)
 
 
 class ContinualDecay:
@@ -200,10 +205,12 @@ def vf_updates(
     s: list[torch.Tensor],
     s_next: list[torch.Tensor],
     gates: list[torch.Tensor] | None = None,
+    feedback_ratio: float = 1.0,
 ) -> list[torch.Tensor]:
     """The local updates of eq. C-VF (without η/β), summed over the batch, ordered as `param_list()`.
 
     `gates` (ρ'(a_t) per state, eq. C-VF-vf) multiply each post-synaptic change; None: eq. C-VF.
+    `feedback_ratio` (r_b) multiplies the feedback weights' updates.
     """
     pre = [x, *s]
     d_post = [b - a for a, b in zip(s, s_next)]
@@ -213,7 +220,8 @@ def vf_updates(
     for i, layer in enumerate(net.layers):
         grads += [d_post[i].t() @ pre[i].flatten(1), d_post[i].sum(0)]
         if layer.weight_backward is not None:
-            grads.append(s[i].t() @ d_post[i - 1])
+            fb = s[i].t() @ d_post[i - 1]
+            grads.append(fb if feedback_ratio == 1.0 else fb.mul_(feedback_ratio))
     return grads
 
 

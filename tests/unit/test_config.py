@@ -88,6 +88,7 @@ MODELS = Path(__file__).resolve().parents[2] / "models"
         ("mnist_dtp_mlp", ["learner.estimator=symmetric"], "learner.estimator", "EP learners"),
         ("mnist_dtp_mlp", ["learner.psi_deg=10"], "learner.psi_deg", "'cvf'"),
         ("mnist_ep_fc1", ["learner.vf_rule=vector-field"], "learner.vf_rule", "'cvf'"),
+        ("mnist_cep_fc1", ["learner.feedback_lr_ratio=0.5"], "learner.feedback_lr_ratio", "'cvf'"),
         ("mnist_ep_fc1", ["learner.fb_iters=[5]"], "learner.fb_iters", "DTP learners"),
         ("mnist_ep_fc1", ["learner.T_backprop=3"], "learner.T_backprop", "'bptt'"),
         ("mnist_ep_fc1", ["learner.algorithm=bp", "train.optimizer=adam", "train.momentum=0.9"], "train.momentum", "'sgd'"),

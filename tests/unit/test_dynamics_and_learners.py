@@ -1,20 +1,24 @@
 from __future__ import annotations
 
+import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from neurohw.config import NetConfig
+from neurohw.config import NetConfig, load_config
 from neurohw.dynamics import relax
 from neurohw.errors import ConfigError, DivergenceError
 from neurohw.gdu import bptt_gradients
-from neurohw.learning import BP, BPTT, CEP, CVF, EP, set_initial_angle, weight_angles_deg
+from neurohw.learning import BP, BPTT, CEP, CVF, EP, build_learner, set_initial_angle, weight_angles_deg
 from neurohw.learning.base import BetaSampler
 from neurohw.learning.cep import vf_updates
 from neurohw.nets.build import build_net
 from neurohw.nets.layered import build_fc
 from tests.conftest import max_abs_diff
+
+MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 def small_net(activation="identity", hidden=(8, 6), gain=0.5, cost="mse", seed=0):
@@ -104,6 +108,50 @@ def test_vf_update_is_post_change_times_pre_activity():
             assert math.isclose(W1[i, j], sum((s_next[1][b, i] - s[1][b, i]) * s[0][b, j] for b in range(2)), abs_tol=1e-14)
             assert math.isclose(Wb1[i, j], sum((s_next[0][b, j] - s[0][b, j]) * s[1][b, i] for b in range(2)), abs_tol=1e-14)
     assert torch.allclose(b1, (s_next[1] - s[1]).sum(0))
+    # r_b (learner.feedback_lr_ratio) scales the feedback update alone
+    *forward, Wb1_k = vf_updates(net, x, s, s_next, feedback_ratio=0.3)
+    assert all(torch.equal(a, b) for a, b in zip(forward, (W0, b0, W1, b1)))
+    assert torch.allclose(Wb1_k, 0.3 * Wb1, rtol=1e-15, atol=0.0)
+
+
+@pytest.mark.parametrize("estimator", ["random-sign", "symmetric"])
+def test_feedback_ratio_is_the_feedback_learning_rate(estimator):
+    """With SGD (momentum, no weight decay), r_b = learner.feedback_lr_ratio is exactly a learning rate r_b·η for
+    W^b: three batches of C-VF with r_b = 0.25 equal three batches with r_b = 1 and W^b in its own parameter
+    group at lr r_b·η (float64; measured ≈ 1e-17). Planted: r_b applied to the forward weights, or not passed
+    to the rule (W^b then learns at η) — each fails. r_b = 0 leaves W^b as it was."""
+    g = torch.Generator().manual_seed(4)
+    net = build_net(NetConfig(hidden=(9,), activation="sigmoid4", nudge="outside"), (1, 3, 3), 4, untied=True,
+                    generator=g).double()
+    set_initial_angle(net, 20.0, g)
+    x = torch.rand(6, 9, generator=g, dtype=torch.float64)
+    y = torch.nn.functional.one_hot(torch.arange(6) % 4, 4).double()
+    kappa, lr = 0.25, 0.3
+
+    def run(ratio, split):
+        n = copy.deepcopy(net)
+        fb = [l.weight_backward for l in n.layers if l.weight_backward is not None]
+        rest = [p for p in n.parameters() if all(p is not q for q in fb)]
+        groups = [{"params": rest}, {"params": fb, "lr": lr * kappa}] if split else [{"params": list(n.parameters())}]
+        opt = torch.optim.SGD(groups, lr=lr, momentum=0.9)
+        learner = CVF(0.4, 12, 4, estimator, seed=7, feedback_ratio=ratio)
+        for _ in range(3):
+            learner.step(n, x, y, opt.step)
+        return n.requires_grad_(False)
+
+    ours, ref = run(kappa, False), run(1.0, True)
+    diff = max(float((a - b).abs().max()) for a, b in zip(ours.param_list(), ref.param_list()))
+    assert diff < 1e-12
+    assert max(float((a - b).abs().max()) for a, b in zip(ref.param_list(), run(1.0, False).param_list())) > 1e-4
+    frozen = run(0.0, False)
+    assert torch.equal(frozen.layers[1].weight_backward, net.layers[1].weight_backward)
+    assert not torch.equal(frozen.layers[1].weight, net.layers[1].weight)
+    with pytest.raises(ConfigError, match="feedback_lr_ratio"):
+        CVF(0.4, 12, 4, feedback_ratio=-0.5)
+    cfg = load_config(MODELS / "mnist_cvf_fc1.toml", ["learner.feedback_lr_ratio=0.4"])
+    assert build_learner(cfg.learner).feedback_ratio == 0.4  # the card's key reaches the rule
+    with pytest.raises(ConfigError, match="learner.feedback_lr_ratio must be a finite number ≥ 0, got -1"):
+        load_config(MODELS / "mnist_cvf_fc1.toml", ["learner.feedback_lr_ratio=-1"])
 
 
 @pytest.mark.parametrize("activation,nudge", [("sigmoid4", "outside"), ("tanh", "inside"), ("identity", "outside")])

@@ -34,6 +34,7 @@ CASES = {
     "cvf": ("mnist_cvf_fc1", ["net.hidden=[16]", "train.lrs=[0.02, 0.01]"]),
     "cvf_symmetric_decay": ("mnist_cvf_fc1", ["net.hidden=[16]", "train.lrs=[0.02, 0.01]", "learner.estimator=symmetric",
                                               "train.weight_decay=1e-2"]),
+    "cvf_feedback_ratio": ("mnist_cvf_fc1", ["net.hidden=[16]", "train.lrs=[0.02, 0.01]", "learner.feedback_lr_ratio=0.4"]),
 }
 # the members of every case: their own seeds, β and learning rates (the first keeps the card's)
 VARIANTS = [["train.seed=0"], ["train.seed=1", "learner.beta=0.3", "learner.seed=5"], ["train.seed=2", "train.momentum=0.9", "train.lrs=[0.03]"]]
