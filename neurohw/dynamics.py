@@ -162,3 +162,71 @@ def check_finite(
         f"state of layer {bad + 1} (s_{bad + 1}) became non-finite{where} of the {phase} phase; "
         "lower the learning rate or beta, or check the input for NaN/Inf"
     )
+
+
+SETTLED_TOL = 1e-2  # a diagnostic input counts as settled when ‖G(s*) − s*‖ ≤ SETTLED_TOL·‖s*‖ (1 %)
+LOOP_GAIN_MAX_DIM = 4096  # the loop gain is computed for states of at most this many units per sample
+
+
+def settling(
+    net: LayeredNet, x: torch.Tensor, steps: int, *, order: str = "sync", n_gain: int = 32,
+) -> dict[str, float]:
+    """How well the free phase has settled after `steps` steps on the batch x (docs/math.md eq. settle).
+
+    With G one more step (sync) or sweep (async) from the free state s* and r = ‖G(s*) − s*‖ / ‖s*‖ per
+    input: `free_residual_max`, `free_residual_median` and `free_unsettled`, the fraction of inputs with
+    r > SETTLED_TOL. For nets whose state has at most LOOP_GAIN_MAX_DIM units per sample, the loop gain
+    at s* of the first `n_gain` inputs: the spectral radius of the two-step map's Jacobian J², J = ∂F/∂s
+    of the synchronous free step at s* (a layered step is bipartite: J² is block-diagonal, with the
+    eigenvalues of the smaller block; an async sweep's Jacobian has the same spectral radius). s* attracts
+    when it is < 1 and repels when it is > 1 (the two chains of the sync dynamics then part: oscillation
+    or a second fixed point). `loop_gain_max`, `loop_gain_median`, `loop_gain_over_1` (fraction ≥ 1).
+    """
+    with torch.no_grad():
+        drive = net.input_drive(x)
+        s = relax(net, drive, net.init_state(x), steps, order=order, check=False)
+        g = relax(net, drive, s, 1, order=order, check=False)
+        v, w = _flat(s), _flat(g)
+        r = (w - v).norm(dim=1) / v.norm(dim=1).clamp_min(torch.finfo(v.dtype).tiny)
+    out = {
+        "free_residual_max": float(r.max()), "free_residual_median": float(r.median()),
+        "free_unsettled": float((r > SETTLED_TOL).to(torch.float64).mean()),
+    }
+    sizes = [t[0].numel() for t in s]
+    if sum(sizes) > LOOP_GAIN_MAX_DIM:
+        return out
+    gain = loop_gain(net, drive[:n_gain], [t[:n_gain] for t in s])
+    out.update({"loop_gain_max": float(gain.max()), "loop_gain_median": float(gain.median()),
+                "loop_gain_over_1": float((gain >= 1.0).to(torch.float64).mean())})
+    return out
+
+
+def loop_gain(net: LayeredNet, x_drive: torch.Tensor, state: State) -> torch.Tensor:
+    """Per input, the spectral radius of J² for J = ∂F/∂s, the synchronous free step's Jacobian at `state`
+    (see `settling`); computed by autograd of `net.step`, eigenvalues in float64."""
+    sizes = [t[0].numel() for t in state]
+    shapes = [tuple(t.shape[1:]) for t in state]
+    v = _flat(state).detach()
+
+    def summed_step(u: torch.Tensor) -> torch.Tensor:  # each input's step summed over inputs: ∂/∂u keeps the blocks
+        parts, i = [], 0
+        for n, shape in zip(sizes, shapes):
+            parts.append(u[:, i:i + n].reshape(u.shape[0], *shape))
+            i += n
+        return _flat(net.step(x_drive.detach(), parts)).sum(0)
+
+    with torch.enable_grad():
+        jac = torch.autograd.functional.jacobian(summed_step, v, vectorize=True).transpose(0, 1)  # (B, d_out, d_in)
+    jac = jac.detach().to(device="cpu", dtype=torch.float64)
+    # layers of one parity feed only the other: J maps odd-layer units to even ones and back
+    idx = [torch.arange(sum(sizes[:k]), sum(sizes[: k + 1])) for k in range(len(sizes))]
+    even, odd = torch.cat(idx[0::2]), torch.cat(idx[1::2]) if len(idx) > 1 else torch.zeros(0, dtype=torch.long)
+    if odd.numel() == 0:  # one layer of state: J = 0 (a free step does not feed a layer back to itself)
+        return torch.zeros(jac.shape[0], dtype=torch.float64)
+    small, big = (even, odd) if even.numel() <= odd.numel() else (odd, even)
+    loop = jac[:, small][:, :, big] @ jac[:, big][:, :, small]  # J² restricted to the smaller parity
+    return torch.linalg.eigvals(loop).abs().max(dim=1).values
+
+
+def _flat(state: State) -> torch.Tensor:
+    return torch.cat([t.flatten(1) for t in state], 1)

@@ -41,6 +41,7 @@ RESUMABLE_CHANGES = {
 # healthy runs: their loss never rises above 1.5× its minimum before a collapse)
 CHANCE_MARGIN = 0.10
 LOSS_RISE_FACTOR = 2.0
+UNSETTLED_FRACTION = 0.05  # warn when more of the diagnostic inputs than this have not settled (dynamics.settling)
 
 
 class RunDir:
@@ -417,6 +418,21 @@ def learning_warnings(
             f"epoch {e}: the training loss {line['train_loss']:.4g} is more than {LOSS_RISE_FACTOR:g}× its lowest "
             f"value {losses[k]:.4g} (epoch {k + 1}): training is diverging. Likely cause: learning rates too large "
             f"for this stage of training (train.lrs = {lr_text}{now})"
+        )
+    unsettled, over = line.get("free_unsettled", 0.0), line.get("loop_gain_over_1", 0.0)
+    if unsettled > UNSETTLED_FRACTION or over > 0.0:
+        what = []
+        if unsettled > UNSETTLED_FRACTION:
+            what.append(f"has not settled for {100 * unsettled:.0f} % of the diagnostic inputs (‖G(s*) − s*‖/‖s*‖ up to "
+                        f"{line['free_residual_max']:.2g} after learner.T_free steps)")
+        if over > 0.0:
+            what.append(f"has a fixed point that repels for {100 * over:.0f} % of them (loop gain up to "
+                        f"{line['loop_gain_max']:.3g} ≥ 1)")
+        out.append(
+            f"epoch {e}: the free phase {' and '.join(what)}: the EP updates are then not gradient estimates "
+            "(docs/math.md eq. settle). Likely causes: too few relaxation steps (learner.T_free), or weights grown so "
+            f"large that the dynamics lose their fixed point (train.lrs = {lr_text}, train.weight_decay; for C-VF also "
+            "learner.feedback_lr_ratio)"
         )
     return out
 

@@ -210,6 +210,9 @@ class Trainer:
         epoch_metrics = getattr(self.learner, "epoch_metrics", None)
         if epoch_metrics is not None and self.ctx.is_main:  # learner diagnostics (DTP's angles to BP)
             line.update(epoch_metrics(self.net, *self.diagnostic_batch()))
+        settling = getattr(self.learner, "settling", None)
+        if settling is not None and self.ctx.is_main:  # the free phase's convergence (dynamics.settling)
+            line.update(settling(self.net, self.diagnostic_batch()[0]))
         return line
 
     def end_epoch(self, epoch: int) -> None:

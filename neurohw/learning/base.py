@@ -16,7 +16,7 @@ from typing import Callable, Protocol
 import torch
 
 from neurohw.choices import ESTIMATORS
-from neurohw.dynamics import ORDERS, FiniteFlags, relax
+from neurohw.dynamics import ORDERS, FiniteFlags, relax, settling
 from neurohw.errors import ConfigError
 from neurohw.nets.layered import LayeredNet, Scalar, State
 
@@ -139,6 +139,10 @@ class RelaxationPredictor:
     def predict(self, net: LayeredNet, x: torch.Tensor) -> torch.Tensor:
         _, s = free_phase(net, x, self.T_eval or self.T_free, order=self.relaxation, operands=self.operands)
         return net.output(s)
+
+    def settling(self, net: LayeredNet, x: torch.Tensor) -> dict[str, float]:
+        """How well the training's free phase (T_free steps) settles on x: dynamics.settling."""
+        return settling(net, x, self.T_free, order=self.relaxation)
 
     def state_dict(self) -> dict:
         sampler = getattr(self, "sampler", None)

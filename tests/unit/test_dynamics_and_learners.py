@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from neurohw.config import NetConfig, load_config
-from neurohw.dynamics import relax
+from neurohw.dynamics import loop_gain, relax, settling
 from neurohw.errors import ConfigError, DivergenceError
 from neurohw.gdu import bptt_gradients
 from neurohw.learning import BP, BPTT, CEP, CVF, EP, build_learner, set_initial_angle, weight_angles_deg
@@ -185,6 +185,51 @@ def test_vf_vector_field_rule_is_the_vjp_of_the_step(activation, nudge):
         assert max_abs_diff(plain, list(ref)) / scale > 1e-2
     with pytest.raises(ConfigError, match="vf_rule"):
         CVF(beta, 1, 1, rule="hebbian")
+
+
+def test_loop_gain_is_the_spectral_radius_of_the_two_step_jacobian():
+    """eq. settle: for a 784-less net with states (h1, h2, o) the two-step Jacobian restricted to h2 is
+    D2 W1 D1 W^b_1ᵀ + D2 W^b_2ᵀ D3 W2 (D_n = diag ρ'(a_n) at the state), written out here by hand; the loop
+    gain is the largest |eigenvalue|, per input, at a random (unsettled) state, to 1e-12 in float64.
+    Planted: the radius of J instead of J² (its square root) fails."""
+    g = torch.Generator().manual_seed(5)
+    net = build_net(NetConfig(hidden=(7, 5), activation="sigmoid4"), (1, 3, 3), 4, untied=True, generator=g).double()
+    set_initial_angle(net, 70.0, g)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(3.0)
+    x = torch.rand(6, 9, generator=g, dtype=torch.float64)
+    s = [torch.rand(6, n, generator=g, dtype=torch.float64) for n in (7, 5, 4)]
+    drive = net.input_drive(x)
+    ours = loop_gain(net, drive, s)
+    (W0, W1, W2), (Wb1, Wb2) = [l.weight for l in net.layers], [net.layers[1].weight_backward, net.layers[2].weight_backward]
+    a1, a2, a3 = net.pre_activations(drive, s)
+    ref = []
+    for b in range(6):
+        D1, D2, D3 = (torch.diag(net.activation.slope(a[b])) for a in (a1, a2, a3))
+        M = D2 @ W1 @ D1 @ Wb1.t() + D2 @ Wb2.t() @ D3 @ W2
+        ref.append(torch.linalg.eigvals(M.detach()).abs().max())
+    ref = torch.stack(ref)
+    assert float(ref.min()) > 0.05 and float((ours - ref).abs().max()) < 1e-12 * float(ref.max())
+
+
+def test_settling_of_a_repelling_linear_loop():
+    """A linear net (ρ = identity) whose loop W^b_1 W_1ᵀ has spectral radius 1.2: the loop gain is 1.2 for
+    every input, the states grow instead of settling, and `settling` says both; scaled to 0.5, it settles."""
+    for target, settles in ((1.2, False), (0.5, True)):
+        g = torch.Generator().manual_seed(2)
+        net = build_net(NetConfig(hidden=(6,), activation="identity"), (1, 3, 3), 4, untied=True, generator=g).double()
+        set_initial_angle(net, 40.0, g)
+        layer = net.layers[1]
+        with torch.no_grad():
+            rho = torch.linalg.eigvals(layer.weight_backward @ layer.weight.t()).abs().max()
+            layer.weight.mul_((target / rho).sqrt())
+            layer.weight_backward.mul_((target / rho).sqrt())
+        x = torch.rand(8, 9, generator=g, dtype=torch.float64)
+        out = settling(net, x, 60)
+        assert abs(out["loop_gain_max"] - target) < 1e-12 and abs(out["loop_gain_median"] - target) < 1e-12
+        assert out["loop_gain_over_1"] == (0.0 if settles else 1.0)
+        assert out["free_unsettled"] == (0.0 if settles else 1.0)
 
 
 @pytest.mark.parametrize("psi", [0.0, 45.0, 90.0, 135.0])

@@ -90,6 +90,8 @@ def test_a_run_at_chance_warns_and_records_it(tmp_path, mnist_small):
     healthy = train(load_config(MODELS / "mnist_ep_fc1.toml", TINY + ["train.epochs=1", "data.limit_train=600"]),
                     tmp_path / "ok", splits=mnist_small, progress=False, log=None)
     assert healthy["warnings"] == [] and healthy["test_error"] < 0.5
+    line = json.loads((tmp_path / "ok" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert line["free_unsettled"] == 0.0 and line["loop_gain_max"] < 1.0  # settled: no warning
 
 
 def test_a_rising_training_loss_warns(tmp_path, mnist_small):
@@ -103,6 +105,19 @@ def test_a_rising_training_loss_warns(tmp_path, mnist_small):
     assert "0.11 is more than 2× its lowest value 0.05 (epoch 2)" in w
     trainer.state.history[-1]["train_loss"] = 0.099  # just under the stated factor: no warning
     assert trainer.learning_warnings(trainer.state.history[-1]) == []
+
+
+def test_a_free_phase_that_does_not_settle_warns(tmp_path, mnist_small):
+    """Every epoch records how well the free phase settles (dynamics.settling); with learner.T_free = 1 it
+    does not (one more step still moves every state) and the run says so, naming the key to change."""
+    cfg = load_config(MODELS / "mnist_ep_fc1.toml", TINY + ["train.epochs=1", "learner.T_free=1", "learner.T_nudge=1"])
+    said = []
+    summary = train(cfg, tmp_path, splits=mnist_small, progress=False, log=said.append)
+    (line,) = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert line["free_unsettled"] == 1.0 and line["free_residual_median"] > 0.1
+    assert 0.0 <= line["loop_gain_max"] < 1.0 and line["loop_gain_over_1"] == 0.0
+    (w,) = [s for s in said if "has not settled" in s]
+    assert "100 % of the diagnostic inputs" in w and "learner.T_free" in w and any("not settled" in s for s in summary["warnings"])
 
 
 # ---------------------------------------------------------------------------- C-EP weight decay
