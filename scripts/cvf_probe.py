@@ -5,11 +5,9 @@
 Trains CARD exactly as `neurohw train` does (same Trainer, same batches and updates) and, every
 `--every` batches, measures on the first 64 validation images (a fixed set, never used to choose anything):
 
-* `residual`: max over the images of ‖F(s*) − s*‖ / ‖s*‖, F the synchronous step at the free state s*
-  after T_free steps (0 at a fixed point);
-* `radius`: the spectral radius of the step's Jacobian ∂F/∂s at s*, per image (median and max): a fixed
-  point attracts when it is < 1; the step of a layered net is bipartite, so the two-step map's radius is
-  its square;
+* what every epoch of `neurohw train` records (dynamics.settling, docs/math.md eq. settle): the residual
+  ‖G(s*) − s*‖ / ‖s*‖ of one more step from the free state s* after T_free steps, and the loop gain (the
+  spectral radius of the two-step Jacobian at s*; a fixed point attracts when it is < 1), here on all 64;
 * `loss_T`, `loss_4T`: the mean cost at s* after T_free and after 4·T_free steps;
 * weight norms (Frobenius) of every parameter, the forward/feedback angles, the mean training loss of
   the window, the fraction of saturated units (ρ' < 1 % of its maximum) per layer.
@@ -22,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -31,54 +28,27 @@ import torch
 
 from neurohw.config import load_config
 from neurohw.data import one_hot
-from neurohw.dynamics import relax
+from neurohw.dynamics import relax, settling
 from neurohw.learning import weight_angles_deg
 from neurohw.train import Trainer
-
-
-def flat(state):
-    return torch.cat([s.flatten(1) for s in state], 1)
-
-
-def unflat(v, shapes):
-    out, i = [], 0
-    for shape in shapes:
-        n = math.prod(shape)
-        out.append(v[:, i:i + n].reshape(v.shape[0], *shape))
-        i += n
-    return out
 
 
 def probe(trainer: Trainer, x: torch.Tensor, y: torch.Tensor) -> dict:
     net, learner = trainer.net, trainer.learner
     T = learner.T_free
+    out = settling(net, x, T, order=learner.relaxation, n_gain=len(x))  # residual and loop gain (eq. settle)
     with torch.no_grad():
         drive = net.input_drive(x)
         s_star = relax(net, drive, net.init_state(x), T, check=False)
         s_long = relax(net, drive, net.init_state(x), 4 * T, check=False)
-        s_next = net.step(drive, s_star)
-        v, v_next = flat(s_star), flat(s_next)
-        residual = ((v_next - v).norm(dim=1) / v.norm(dim=1).clamp_min(1e-30)).max().item()
-        loss_T, loss_4T = net.loss(s_star, y).mean().item(), net.loss(s_long, y).mean().item()
         pre = net.pre_activations(drive, s_star)
         act = net.activation
         slope_max = max(act.slope(torch.linspace(-8.0, 8.0, 3201, dtype=x.dtype)).max().item(), 1e-30)
-        saturated = [(act.slope(a) < 0.01 * slope_max).to(x.dtype).mean().item() for a in pre]
-    shapes = [tuple(s.shape[1:]) for s in s_star]
-
-    def step_sum(u):  # the step of every image, summed over images: its Jacobian holds each image's block
-        with torch.enable_grad():
-            return flat(net.step(drive, unflat(u, shapes))).sum(0)
-
-    jac = torch.autograd.functional.jacobian(step_sum, v.detach(), vectorize=True)  # (d, B, d)
-    jac = jac.permute(1, 0, 2)  # (B, d_out, d_in)
-    radius = torch.linalg.eigvals(jac.double()).abs().max(dim=1).values
-    return {
-        "residual": residual, "radius_median": radius.median().item(), "radius_max": radius.max().item(),
-        "loss_T": loss_T, "loss_4T": loss_4T, "saturated": saturated,
-        "norms": {n: p.detach().norm().item() for n, p in net.named_parameters()},
-        "angles_deg": weight_angles_deg(net) if not net.symmetric else [],
-    }
+        out["saturated"] = [(act.slope(a) < 0.01 * slope_max).to(x.dtype).mean().item() for a in pre]
+        out["loss_T"], out["loss_4T"] = net.loss(s_star, y).mean().item(), net.loss(s_long, y).mean().item()
+    out["norms"] = {n: p.detach().norm().item() for n, p in net.named_parameters()}
+    out["angles_deg"] = weight_angles_deg(net) if not net.symmetric else []
+    return out
 
 
 def main(argv=None) -> int:
@@ -121,8 +91,8 @@ def main(argv=None) -> int:
                     window = []
                     f.write(json.dumps(line) + "\n")
                     f.flush()
-                    print(f"epoch {line['epoch']:7.2f} loss {line['train_loss']:.4f} res {line['residual']:.2e} "
-                          f"radius {line['radius_median']:.3f}/{line['radius_max']:.3f} loss_T {line['loss_T']:.4f} "
+                    print(f"epoch {line['epoch']:7.2f} loss {line['train_loss']:.4f} res {line['free_residual_max']:.2e} "
+                          f"gain {line['loop_gain_median']:.3f}/{line['loop_gain_max']:.3f} loss_T {line['loss_T']:.4f} "
                           f"loss_4T {line['loss_4T']:.4f} sat {[round(s, 3) for s in line['saturated']]} "
                           f"angle {[round(a, 1) for a in line['angles_deg']]}", flush=True)
             trainer.end_epoch(epoch)
