@@ -165,7 +165,7 @@ def check_finite(
 
 
 SETTLED_TOL = 1e-2  # a diagnostic input counts as settled when ‖G(s*) − s*‖ ≤ SETTLED_TOL·‖s*‖ (1 %)
-LOOP_GAIN_MAX_DIM = 4096  # the loop gain is computed for states of at most this many units per sample
+LOOP_GAIN_MAX_UNITS = 600  # the loop gain is computed when the smaller parity of the state has at most this many units
 
 
 def settling(
@@ -175,8 +175,10 @@ def settling(
 
     With G one more step (sync) or sweep (async) from the free state s* and r = ‖G(s*) − s*‖ / ‖s*‖ per
     input: `free_residual_max`, `free_residual_median` and `free_unsettled`, the fraction of inputs with
-    r > SETTLED_TOL. For nets whose state has at most LOOP_GAIN_MAX_DIM units per sample, the loop gain
-    at s* of the first `n_gain` inputs: the spectral radius of the two-step map's Jacobian J², J = ∂F/∂s
+    r > SETTLED_TOL. When the smaller parity of the state (layers 0, 2, … or 1, 3, …) has |P| ≤
+    LOOP_GAIN_MAX_UNITS units, the loop gain at s* of the first `n_gain` inputs (fewer, n_gain·(128/|P|)³
+    but at least 4, when |P| > 128: the eigenvalues cost |P|³ per input): the spectral radius of the
+    two-step map's Jacobian J², J = ∂F/∂s
     of the synchronous free step at s* (a layered step is bipartite: J² is block-diagonal, with the
     eigenvalues of the smaller block; an async sweep's Jacobian has the same spectral radius). s* attracts
     when it is < 1 and repels when it is > 1 (the two chains of the sync dynamics then part: oscillation
@@ -193,9 +195,11 @@ def settling(
         "free_unsettled": float((r > SETTLED_TOL).to(torch.float64).mean()),
     }
     sizes = [t[0].numel() for t in s]
-    if sum(sizes) > LOOP_GAIN_MAX_DIM:
+    p = min(sum(sizes[0::2]), sum(sizes[1::2])) if len(sizes) > 1 else 0
+    if p > LOOP_GAIN_MAX_UNITS:
         return out
-    gain = loop_gain(net, drive[:n_gain], [t[:n_gain] for t in s])
+    n = n_gain if p <= 128 else max(4, int(n_gain * (128 / p) ** 3))
+    gain = loop_gain(net, drive[:n], [t[:n] for t in s])
     out.update({"loop_gain_max": float(gain.max()), "loop_gain_median": float(gain.median()),
                 "loop_gain_over_1": float((gain >= 1.0).to(torch.float64).mean())})
     return out
@@ -203,28 +207,31 @@ def settling(
 
 def loop_gain(net: LayeredNet, x_drive: torch.Tensor, state: State) -> torch.Tensor:
     """Per input, the spectral radius of J² for J = ∂F/∂s, the synchronous free step's Jacobian at `state`
-    (see `settling`); computed by autograd of `net.step`, eigenvalues in float64."""
+    (see `settling`). J² is block-diagonal over the two parities; its block on the smaller parity P is
+    J[P, Q] J[Q, P], whose row i is eᵢᵀJJ restricted to P: two vector–Jacobian products of `net.step` per
+    unit of P, for every input at once (a step acts on each input alone). Eigenvalues in float64, on the CPU."""
     sizes = [t[0].numel() for t in state]
     shapes = [tuple(t.shape[1:]) for t in state]
-    v = _flat(state).detach()
+    bounds = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
+    # layers of one parity feed only the other: J maps odd-layer units to even ones and back
+    parity = [torch.cat([torch.arange(bounds[k], bounds[k + 1]) for k in range(p, len(sizes), 2)])
+              for p in (0, 1) if p < len(sizes)]
+    n = x_drive.shape[0]
+    if len(parity) < 2:  # one layer of state: J = 0 (a free step does not feed a layer back to itself)
+        return torch.zeros(n, dtype=torch.float64)
+    small = min(parity, key=len).to(x_drive.device)
+    drive, v = x_drive.detach(), _flat(state).detach()
 
-    def summed_step(u: torch.Tensor) -> torch.Tensor:  # each input's step summed over inputs: ∂/∂u keeps the blocks
-        parts, i = [], 0
-        for n, shape in zip(sizes, shapes):
-            parts.append(u[:, i:i + n].reshape(u.shape[0], *shape))
-            i += n
-        return _flat(net.step(x_drive.detach(), parts)).sum(0)
+    def step(u: torch.Tensor) -> torch.Tensor:
+        parts = [u[:, bounds[k] : bounds[k + 1]].reshape(n, *shape) for k, shape in enumerate(shapes)]
+        return _flat(net.step(drive, parts))
 
     with torch.enable_grad():
-        jac = torch.autograd.functional.jacobian(summed_step, v, vectorize=True).transpose(0, 1)  # (B, d_out, d_in)
-    jac = jac.detach().to(device="cpu", dtype=torch.float64)
-    # layers of one parity feed only the other: J maps odd-layer units to even ones and back
-    idx = [torch.arange(sum(sizes[:k]), sum(sizes[: k + 1])) for k in range(len(sizes))]
-    even, odd = torch.cat(idx[0::2]), torch.cat(idx[1::2]) if len(idx) > 1 else torch.zeros(0, dtype=torch.long)
-    if odd.numel() == 0:  # one layer of state: J = 0 (a free step does not feed a layer back to itself)
-        return torch.zeros(jac.shape[0], dtype=torch.float64)
-    small, big = (even, odd) if even.numel() <= odd.numel() else (odd, even)
-    loop = jac[:, small][:, :, big] @ jac[:, big][:, :, small]  # J² restricted to the smaller parity
+        _, vjp = torch.func.vjp(step, v)
+        eye = torch.zeros(len(small), n, v.shape[1], dtype=v.dtype, device=v.device)
+        eye[torch.arange(len(small)), :, small] = 1.0  # e_i for every input
+        rows = torch.func.vmap(lambda e: vjp(vjp(e)[0])[0])(eye)  # (|P|, n, d): eᵢᵀ J J per input
+    loop = rows[:, :, small].permute(1, 0, 2).detach().to(device="cpu", dtype=torch.float64)  # (n, |P|, |P|)
     return torch.linalg.eigvals(loop).abs().max(dim=1).values
 
 

@@ -545,7 +545,7 @@ def sweep(
         for i in range(0, len(group), size):
             chunk = group[i : i + size]
             if algo in POPULATION_LEARNERS and group[0].cfg.train.optimizer == "sgd":
-                log(f"program of {len(chunk)} members: {', '.join(m.name for m in chunk)}")
+                log(f"program of {len(chunk)} member{'s' if len(chunk) != 1 else ''}: {', '.join(m.name for m in chunk)}")
                 started = [resume and (m.out / "config.toml").exists() for m in chunk]  # the others start now
                 Population(chunk, splits=splits, data_dir=data_dir, resume=started, overwrite=overwrite, progress=progress,
                            log=log).fit()
