@@ -208,11 +208,13 @@ class Trainer:
         if not self.net.symmetric:
             line["weight_angles_deg"] = weight_angles_deg(self.net)
         epoch_metrics = getattr(self.learner, "epoch_metrics", None)
-        if epoch_metrics is not None and self.ctx.is_main:  # learner diagnostics (DTP's angles to BP)
-            line.update(epoch_metrics(self.net, *self.diagnostic_batch()))
         settling = getattr(self.learner, "settling", None)
-        if settling is not None and self.ctx.is_main:  # the free phase's convergence (dynamics.settling)
-            line.update(settling(self.net, self.diagnostic_batch()[0]))
+        if (epoch_metrics is not None or settling is not None) and self.ctx.is_main:
+            x, y = self.diagnostic_batch()
+            if epoch_metrics is not None:  # learner diagnostics (DTP's angles to BP)
+                line.update(epoch_metrics(self.net, x, y))
+            if settling is not None:  # the free phase's convergence (dynamics.settling)
+                line.update(settling(self.net, x))
         return line
 
     def end_epoch(self, epoch: int) -> None:
