@@ -36,6 +36,9 @@ CHECKPOINT_VERSION = 1
 RESUMABLE_CHANGES = {
     ("train", "epochs"), ("train", "cosine_epochs"), ("train", "patience"), ("train", "eval_batch_size"), ("device",),
 }
+# sections that describe a run and never change what it computes: a card whose [reference] got a new
+# measured figure (`ours`) mid-run still resumes its runs and sweeps
+DESCRIPTIVE_SECTIONS = {"reference"}
 # a run is said not to learn when an error is within this many points of the majority-class error, or
 # when its training loss exceeds this factor times its lowest value so far (docs/results.md §1 shows
 # healthy runs: their loss never rises above 1.5× its minimum before a collapse)
@@ -104,14 +107,15 @@ class EpochSource(Protocol):
 
 
 def config_diff(a: dict, b: dict, prefix: tuple = ()) -> list[str]:
-    """The keys (dotted) that differ between two config dicts, except RESUMABLE_CHANGES."""
+    """The keys (dotted) that differ between two config dicts, except RESUMABLE_CHANGES and the
+    DESCRIPTIVE_SECTIONS."""
     out = []
     for k in sorted(set(a) | set(b)):
         key = (*prefix, k)
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
             out += config_diff(va, vb, key)
-        elif va != vb and key not in RESUMABLE_CHANGES:
+        elif va != vb and key not in RESUMABLE_CHANGES and key[0] not in DESCRIPTIVE_SECTIONS:
             out.append(f"{'.'.join(key)}: checkpoint {va!r}, now {vb!r}")
     return out
 

@@ -44,6 +44,22 @@ def test_resume_refuses_to_stretch_a_cosine_schedule_over_new_epochs(tmp_path, m
     assert len(_lines(run)) == 1  # nothing was trained by the refused resumes
 
 
+def test_resume_ignores_the_cards_reference_section_and_nothing_else(tmp_path, mnist_small):
+    """The finding: recording a new measured figure in a card's [reference] `ours` while a sweep of that
+    card ran would have refused the sweep's --resume (config differs in reference.ours). [reference]
+    describes the run and changes nothing it computes; every other key still refuses by name."""
+    run = tmp_path / "ref"
+    base = TINY + ["train.epochs=1", "train.cosine_epochs=2"]
+    train(load_config(MODELS / "mnist_ep_fc1.toml", base), run, splits=mnist_small, progress=False, log=None)
+    beta = load_config(MODELS / "mnist_ep_fc1.toml", base + ["train.epochs=2", "learner.beta=0.3"])
+    with pytest.raises(CheckpointError, match=r"differs from the checkpoint's in learner.beta"):
+        train(beta, run, resume=True, splits=mnist_small, progress=False, log=None)
+    noted = load_config(MODELS / "mnist_ep_fc1.toml", base + ["train.epochs=2", "reference.ours='2.0 % (new figure)'"])
+    train(noted, run, resume=True, splits=mnist_small, progress=False, log=None)
+    assert [l["epoch"] for l in _lines(run)] == [1, 2]
+    assert "2.0 % (new figure)" in (run / "config.toml").read_text()  # the run's config carries the card's text
+
+
 def test_extending_a_run_continues_at_lr_min_after_the_cosine(tmp_path, mnist_small):
     base = TINY + ["train.lr_min=0.01", "train.lrs=[0.08, 0.04]"]
     run = tmp_path / "s2"
