@@ -122,7 +122,7 @@ def test_an_algorithm_override_lists_the_card_keys_it_leaves_unused():
     cfg = load_config(MODELS / "mnist_cvf_fc1.toml", ["learner.algorithm=dtp"], notes=notes)
     assert cfg.learner.algorithm == "dtp"
     keys = sorted(n.split(" ")[0] for n in notes)
-    assert keys == ["learner.T_free", "learner.T_nudge", "learner.estimator", "net.nudge"]
+    assert keys == ["learner.T_free", "learner.T_nudge", "learner.estimator", "learner.feedback_lr_ratio", "net.nudge"]
     assert all("overrides made it unused" in n for n in notes)
     notes.clear()
     load_config(MODELS / "cifar10_ep_vgg.toml", ["train.optimizer=adam"], notes=notes)  # the card's momentum 0.9
