@@ -33,12 +33,12 @@ CHECKPOINT_FORMAT = "neurohw-checkpoint"
 CHECKPOINT_VERSION = 1
 # keys that may differ between a checkpoint's config and the config it is resumed with (the span of a
 # cosine schedule, cosine_epochs or epochs, must stay the same: `check_extension`)
+# keys (or whole sections, by their prefix) that --resume may change; [reference] describes a run and changes
+# nothing it computes: a card that got a new measured figure (`ours`) mid-run still resumes its runs and sweeps
 RESUMABLE_CHANGES = {
     ("train", "epochs"), ("train", "cosine_epochs"), ("train", "patience"), ("train", "eval_batch_size"), ("device",),
+    ("reference",),
 }
-# sections that describe a run and never change what it computes: a card whose [reference] got a new
-# measured figure (`ours`) mid-run still resumes its runs and sweeps
-DESCRIPTIVE_SECTIONS = {"reference"}
 # a run is said not to learn when an error is within this many points of the majority-class error, or
 # when its training loss exceeds this factor times its lowest value so far (docs/results.md §1 shows
 # healthy runs: their loss never rises above 1.5× its minimum before a collapse)
@@ -107,15 +107,14 @@ class EpochSource(Protocol):
 
 
 def config_diff(a: dict, b: dict, prefix: tuple = ()) -> list[str]:
-    """The keys (dotted) that differ between two config dicts, except RESUMABLE_CHANGES and the
-    DESCRIPTIVE_SECTIONS."""
+    """The keys (dotted) that differ between two config dicts, except RESUMABLE_CHANGES (and the keys under them)."""
     out = []
     for k in sorted(set(a) | set(b)):
         key = (*prefix, k)
         va, vb = a.get(k), b.get(k)
         if isinstance(va, dict) and isinstance(vb, dict):
             out += config_diff(va, vb, key)
-        elif va != vb and key not in RESUMABLE_CHANGES and key[0] not in DESCRIPTIVE_SECTIONS:
+        elif va != vb and not any(key[: len(r)] == r for r in RESUMABLE_CHANGES):
             out.append(f"{'.'.join(key)}: checkpoint {va!r}, now {vb!r}")
     return out
 
