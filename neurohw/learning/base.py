@@ -65,12 +65,12 @@ def batch_stats(net: LayeredNet, state: State, y: torch.Tensor) -> dict[str, tor
     }
 
 
-def set_grads(params: list[torch.nn.Parameter], grads: list[torch.Tensor], scale: Scalar) -> None:
-    """p.grad = scale · g for every parameter; the fresh tensors `grads` are scaled in place and kept
-    (a tensor `scale` stays on the device)."""
-    unit = not isinstance(scale, torch.Tensor) and scale == 1.0
+def set_grads(params: list[torch.nn.Parameter], grads: list[torch.Tensor]) -> None:
+    """p.grad = g for every parameter (the fresh tensors `grads` are kept, not copied). A learner's
+    scale (−1/(βB) for EP) is applied where the gradients are made, on their smallest factors
+    (`Dense.phi_grads_diff`, `vf_updates`), not in a pass over weight-shaped tensors here."""
     for p, g in zip(params, grads):
-        p.grad = g if unit else g.mul_(scale)
+        p.grad = g
 
 
 class BetaSampler:

@@ -46,7 +46,7 @@ class BPTT(RelaxationPredictor):
         with torch.enable_grad():
             s = self.run(net, x)
             grads = torch.autograd.grad(net.loss(s, y).mean(), params)
-        set_grads(params, list(grads), 1.0)
+        set_grads(params, list(grads))
         apply()
         return batch_stats(net, [t.detach() for t in s], y)
 
@@ -60,7 +60,7 @@ class BP:
         with torch.enable_grad():
             s = net.feedforward(x)
             grads = torch.autograd.grad(net.loss(s, y).mean(), params)
-        set_grads(params, list(grads), 1.0)
+        set_grads(params, list(grads))
         apply()
         return batch_stats(net, [t.detach() for t in s], y)
 

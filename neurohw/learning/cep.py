@@ -40,6 +40,7 @@ from neurohw.learning.base import (
     Apply, BetaSampler, RelaxationPredictor, batch_stats, check_phases, free_phase, operand_dtype, set_grads,
 )
 from neurohw.nets.layered import LayeredNet, Scalar
+from neurohw.nets.layers import fold_scale, scaled
 
 
 class _Continual(RelaxationPredictor, abc.ABC):
@@ -100,7 +101,7 @@ class _Continual(RelaxationPredictor, abc.ABC):
                     s_next = net.step(x_drive, s, y, beta, ops)
                 else:
                     s_next = net.phase(x_drive, y, beta, fold=False, operands=ops).sweep(s)
-                set_grads(params, self.updates(net, x, x_drive, y, s, s_next, beta, t), scale)
+                set_grads(params, self.updates(net, x, x_drive, y, s, s_next, beta, t, scale))
                 apply()
                 s = s_next
             if flags is not None:
@@ -119,8 +120,8 @@ class CEP(_Continual):
         if not net.symmetric:
             raise ConfigError("C-EP needs tied weights; use learner.algorithm = 'cvf' for untied feedback")
 
-    def updates(self, net, x, x_drive, y, s, s_next, beta, t):
-        return net.phi_param_grads_diff(x, s_next, s, y, beta, beta if t > 0 else 0.0)
+    def updates(self, net, x, x_drive, y, s, s_next, beta, t, scale=1.0):
+        return net.phi_param_grads_diff(x, s_next, s, y, beta, beta if t > 0 else 0.0, scale=scale)
 
 
 class CVF(_Continual):
@@ -142,11 +143,11 @@ class CVF(_Continual):
             )
         self.rule = rule
 
-    def updates(self, net, x, x_drive, y, s, s_next, beta, t):
+    def updates(self, net, x, x_drive, y, s, s_next, beta, t, scale=1.0):
         gates = None
         if self.rule == "vector-field":
             gates = [net.activation.slope(a) for a in net.pre_activations(x_drive, s, y, beta)]
-        return vf_updates(net, x, s, s_next, gates, self.feedback_ratio)
+        return vf_updates(net, x, s, s_next, gates, self.feedback_ratio, scale)
 
 
 class ContinualDecay:
@@ -206,23 +207,30 @@ def vf_updates(
     s_next: list[torch.Tensor],
     gates: list[torch.Tensor] | None = None,
     feedback_ratio: float = 1.0,
+    scale: Scalar = 1.0,
 ) -> list[torch.Tensor]:
-    """The local updates of eq. C-VF (without η/β), summed over the batch, ordered as `param_list()`.
+    """`scale` times the local updates of eq. C-VF (without η/β), summed over the batch, ordered as
+    `param_list()`.
 
     `gates` (ρ'(a_t) per state, eq. C-VF-vf) multiply each post-synaptic change; None: eq. C-VF.
-    `feedback_ratio` (r_b) multiplies the feedback weights' updates.
+    `feedback_ratio` (r_b) multiplies the feedback weights' updates. `scale` is a number or a 0-dim
+    tensor; in a population it multiplies the post-synaptic changes (B × n), a factor of every update
+    (`fold_scale`).
     """
     pre = [x, *s]
     d_post = [b - a for a, b in zip(s, s_next)]
     if gates is not None:
         d_post = [d.mul_(g) for d, g in zip(d_post, gates)]
+    fold = fold_scale(scale, d_post[0])
+    if fold:
+        d_post = [d.mul_(scale) for d in d_post]
     grads: list[torch.Tensor] = []
     for i, layer in enumerate(net.layers):
         grads += [d_post[i].t() @ pre[i].flatten(1), d_post[i].sum(0)]
         if layer.weight_backward is not None:
             fb = s[i].t() @ d_post[i - 1]
             grads.append(fb if feedback_ratio == 1.0 else fb.mul_(feedback_ratio))
-    return grads
+    return grads if fold else scaled(grads, scale)
 
 
 def weight_angles_deg(net: LayeredNet) -> list[float]:

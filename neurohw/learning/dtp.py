@@ -361,7 +361,7 @@ class DTP:
         detached = [o.detach() for o in outs]
         self.train_feedback_on(net, [x, *detached[:-1]], detached, ctxs)
         params = net.param_list()
-        set_grads(params, self.update(net, outs, ctxs, y), 1.0)
+        set_grads(params, self.update(net, outs, ctxs, y))
         apply()
         return batch_stats(net, detached[: net.n_states], y)
 

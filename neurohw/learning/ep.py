@@ -76,7 +76,7 @@ class EP(RelaxationPredictor):
             return relax(net, x_drive, s_free, self.T_nudge, y, b, phase=name, order=order, flags=flags, operands=ops)
 
         s1 = s_free if _is_zero(b1) else nudge(b1, "nudged (-beta)")
-        return self._scaled(net.phi_param_grads_diff(x, nudge(b2, "nudged"), s1, y, b2, b1), inv), s_free
+        return net.phi_param_grads_diff(x, nudge(b2, "nudged"), s1, y, b2, b1, scale=inv), s_free
 
     @staticmethod
     def _scaled(tensors: list[torch.Tensor], factor: Scalar) -> list[torch.Tensor]:
@@ -100,7 +100,7 @@ class EP(RelaxationPredictor):
         net.check_batch(x, y)
         betas = self.sampler.betas(sign, beta)
         delta, s_free = self.estimate(net, x, y, betas, scale=-1.0 / x.shape[0], flags=flags)
-        set_grads(net.param_list(), delta, 1.0)
+        set_grads(net.param_list(), delta)
         apply()
         return batch_stats(net, s_free, y)
 

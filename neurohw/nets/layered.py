@@ -24,7 +24,7 @@ from torch import nn
 
 from neurohw.core.activations import get_activation
 from neurohw.errors import ConfigError
-from neurohw.nets.layers import Conv2d, Dense, LowPrecision, _batched, addmm
+from neurohw.nets.layers import Conv2d, Dense, LowPrecision, _batched, addmm, scaled
 from neurohw.spec import COSTS, NUDGES
 
 State = list[torch.Tensor]
@@ -217,11 +217,13 @@ class LayeredNet(nn.Module):
         y: torch.Tensor | None,
         beta_a: float,
         beta_b: float,
+        scale: Scalar = 1.0,
     ) -> list[torch.Tensor]:
-        """∂Φ^{β_a}/∂θ(s_a) − ∂Φ^{β_b}/∂θ(s_b), ordered as `param_list()` (EP's contrast, eq. EP).
+        """scale · (∂Φ^{β_a}/∂θ(s_a) − ∂Φ^{β_b}/∂θ(s_b)), ordered as `param_list()` (EP's contrast, eq. EP).
 
         Equal to the difference of two `phi_param_grads` calls, with the first layer's weight
-        gradient computed once from the difference of the states (its input x is shared).
+        gradient computed once from the difference of the states (its input x is shared). `scale` is
+        a number or a 0-dim tensor (`Dense.phi_grads_diff` says where a population applies it).
         """
         self._require_phi()
         sa, sb = [x, *state_a], [x, *state_b]
@@ -230,13 +232,13 @@ class LayeredNet(nn.Module):
             layer = self._layers[i]
             ca = layer.drive(sa[i])[1] if layer.needs_ctx else None
             cb = layer.drive(sb[i])[1] if layer.needs_ctx else None
-            grads += layer.phi_grads_diff(sa[i], sa[i + 1], ca, sb[i], sb[i + 1], cb)
+            grads += layer.phi_grads_diff(sa[i], sa[i + 1], ca, sb[i], sb[i + 1], cb, scale=scale)
         if self.cost == "ce_readout":
             ra = self.phi_param_grads(x, state_a, y, beta_a)[-2:] if not _is_zero(beta_a) else None
             rb = self.phi_param_grads(x, state_b, y, beta_b)[-2:] if not _is_zero(beta_b) else None
             readout = self._layers[-1]
             zero = [torch.zeros_like(readout.weight), torch.zeros_like(readout.bias)]
-            grads += [a - b for a, b in zip(ra or zero, rb or zero)]
+            grads += scaled([a - b for a, b in zip(ra or zero, rb or zero)], scale)
         return grads
 
 

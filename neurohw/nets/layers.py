@@ -34,13 +34,43 @@ from neurohw.spec import POOLS
 _batched = torch._C._functorch.is_batchedtensor
 
 
+def is_unit(scale: float | torch.Tensor) -> bool:
+    """A scale known on the host to be 1 (a tensor scale, on the device, is always applied)."""
+    return not isinstance(scale, torch.Tensor) and scale == 1.0
+
+
+def fold_scale(scale: float | torch.Tensor, post: torch.Tensor) -> bool:
+    """Whether a gradient's scale multiplies its (B × n) post-synaptic factor `post` before the product
+    rather than the weight-shaped result: under torch.func.vmap (a population, neurohw/population.py),
+    where the pass over K members' weight-shaped gradients costs more than the product's other work
+    (fc1: a pass over 8 × 512 × 784 numbers against one over 8 × 20 × 512). A single net scales the
+    results, in the order of the reference engine whose bits tests/equivalence/test_golden.py pins."""
+    return not is_unit(scale) and _batched(post)
+
+
+def scaled(grads: list[torch.Tensor], scale: float | torch.Tensor) -> list[torch.Tensor]:
+    """The fresh tensors `grads` times `scale`, in place."""
+    return grads if is_unit(scale) else [t.mul_(scale) for t in grads]
+
+
 def addmm(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor, alpha: float = 1.0) -> torch.Tensor:
     """c + alpha·(a @ b), a fresh tensor: one `torch.addmm`; under torch.func.vmap (a population of nets,
     neurohw/population.py) a product then in-place sums, which vmap batches as one bmm — its rule for addmm
-    is about 2× slower on the CPU (measured: 11.8 ms against 5.4 ms for 3 members of (1000×10)·(10×512))."""
+    is about 2× slower on the CPU (measured: 11.8 ms against 5.4 ms for 3 members of (1000×10)·(10×512)).
+    There alpha multiplies the smallest of a, b and a @ b: a pass over a (20×10) state instead of over a
+    (20×512) product in a relaxation step, over a (512×20) state instead of a (512×784) weight-shaped
+    product in the ∂Φ/∂θ contrast."""
     if _batched(a) or _batched(b):
-        p = a @ b
-        return (p if alpha == 1.0 else p.mul_(alpha)).add_(c)
+        if alpha != 1.0:
+            m, inner, n = a.shape[-2], a.shape[-1], b.shape[-1]
+            smallest = min(m * inner, inner * n, m * n)
+            if smallest == m * inner:
+                a = a * alpha
+            elif smallest == inner * n:
+                b = b * alpha
+            else:
+                return (a @ b).mul_(alpha).add_(c)
+        return (a @ b).add_(c)
     return torch.addmm(c, a, b, alpha=alpha)
 
 
@@ -128,13 +158,22 @@ class Dense(nn.Module):
     def phi_grads(self, s_in: torch.Tensor, s_out: torch.Tensor, ctx: None) -> list[torch.Tensor]:
         return [s_out.t() @ s_in.flatten(1), s_out.sum(0)]
 
-    def phi_grads_diff(self, s_in_a, s_out_a, ctx_a, s_in_b, s_out_b, ctx_b) -> list[torch.Tensor]:
-        """phi_grads at a minus phi_grads at b; one matrix product when the input is shared (x)."""
+    def phi_grads_diff(self, s_in_a, s_out_a, ctx_a, s_in_b, s_out_b, ctx_b, scale=1.0) -> list[torch.Tensor]:
+        """`scale` · (phi_grads at a minus phi_grads at b), `scale` a number or a 0-dim tensor; one
+        matrix product when the input is shared (x). In a population the scale multiplies the
+        post-synaptic states (`fold_scale`)."""
+        fold = fold_scale(scale, s_out_a)
         if s_in_a is s_in_b:
             d = s_out_a - s_out_b
-            return [d.t() @ s_in_a.flatten(1), d.sum(0)]
-        dw = addmm(s_out_a.t() @ s_in_a.flatten(1), s_out_b.t(), s_in_b.flatten(1), alpha=-1.0)
-        return [dw, s_out_a.sum(0) - s_out_b.sum(0)]
+            if fold:
+                d.mul_(scale)
+            grads = [d.t() @ s_in_a.flatten(1), d.sum(0)]
+        else:
+            if fold:
+                s_out_a, s_out_b = s_out_a * scale, s_out_b * scale
+            dw = addmm(s_out_a.t() @ s_in_a.flatten(1), s_out_b.t(), s_in_b.flatten(1), alpha=-1.0)
+            grads = [dw, s_out_a.sum(0) - s_out_b.sum(0)]
+        return grads if fold else scaled(grads, scale)
 
     def extra_repr(self) -> str:
         tied = "" if self.weight_backward is None else ", untied feedback"
@@ -229,13 +268,17 @@ class Conv2d(nn.Module):
         dw = torch.nn.grad.conv2d_weight(s_in, self.weight.shape, g, self.stride, self.padding)
         return [dw, g.sum((0, 2, 3))]
 
-    def phi_grads_diff(self, s_in_a, s_out_a, ctx_a, s_in_b, s_out_b, ctx_b) -> list[torch.Tensor]:
-        """phi_grads at a minus phi_grads at b; one weight gradient when the input is shared (x)."""
+    def phi_grads_diff(self, s_in_a, s_out_a, ctx_a, s_in_b, s_out_b, ctx_b, scale=1.0) -> list[torch.Tensor]:
+        """`scale` · (phi_grads at a minus phi_grads at b); one weight gradient when the input is shared
+        (x). The scale multiplies the gradients (a conv layer's kernel is far smaller than its
+        post-synaptic maps)."""
         if s_in_a is s_in_b:
             g = self.unpool(s_out_a, ctx_a) - self.unpool(s_out_b, ctx_b)
             dw = torch.nn.grad.conv2d_weight(s_in_a, self.weight.shape, g, self.stride, self.padding)
-            return [dw, g.sum((0, 2, 3))]
-        return [a - b for a, b in zip(self.phi_grads(s_in_a, s_out_a, ctx_a), self.phi_grads(s_in_b, s_out_b, ctx_b))]
+            grads = [dw, g.sum((0, 2, 3))]
+        else:
+            grads = [a - b for a, b in zip(self.phi_grads(s_in_a, s_out_a, ctx_a), self.phi_grads(s_in_b, s_out_b, ctx_b))]
+        return scaled(grads, scale)
 
     def extra_repr(self) -> str:
         return (
