@@ -20,6 +20,7 @@ from neurohw.learning.base import (
     Apply, BetaSampler, RelaxationPredictor, batch_stats, check_phases, free_phase, operand_dtype, phase_name, set_grads,
 )
 from neurohw.nets.layered import LayeredNet, Scalar, State, _is_zero
+from neurohw.nets.layers import scaled
 
 ENGINES = ("closed_form", "autograd")
 
@@ -67,7 +68,7 @@ class EP(RelaxationPredictor):
             nudge = lambda b: relax_autograd(net, x, s_free, self.T_nudge, y, b, phase=f"nudged (beta={b:g})")
             g1 = _phi_param_grads_autograd(net, x, s_free if b1 == 0.0 else nudge(b1), y, b1)
             g2 = _phi_param_grads_autograd(net, x, nudge(b2), y, b2)
-            return self._scaled([a.sub_(b) for a, b in zip(g2, g1)], inv), s_free
+            return scaled([a.sub_(b) for a, b in zip(g2, g1)], inv), s_free
         order, ops = self.relaxation, self.operands
         x_drive, s_free = free_phase(net, x, self.T_free, order=order, flags=flags, operands=ops)
 
@@ -77,10 +78,6 @@ class EP(RelaxationPredictor):
 
         s1 = s_free if _is_zero(b1) else nudge(b1, "nudged (-beta)")
         return net.phi_param_grads_diff(x, nudge(b2, "nudged"), s1, y, b2, b1, scale=inv), s_free
-
-    @staticmethod
-    def _scaled(tensors: list[torch.Tensor], factor: Scalar) -> list[torch.Tensor]:
-        return [t.mul_(factor) for t in tensors]
 
     def flag_names(self) -> tuple[str, ...]:
         """The phases a captured update flags (see dynamics.FiniteFlags)."""
