@@ -31,10 +31,10 @@ from neurohw.io.atomic import write_text, write_with
 
 CHECKPOINT_FORMAT = "neurohw-checkpoint"
 CHECKPOINT_VERSION = 1
-# keys that may differ between a checkpoint's config and the config it is resumed with (the span of a
-# cosine schedule, cosine_epochs or epochs, must stay the same: `check_extension`)
-# keys (or whole sections, by their prefix) that --resume may change; [reference] describes a run and changes
-# nothing it computes: a card that got a new measured figure (`ours`) mid-run still resumes its runs and sweeps
+# keys (or whole sections, by their prefix) that may differ between a checkpoint's config and the config it is
+# resumed with (the span of a cosine schedule, cosine_epochs or epochs, must stay the same: `check_extension`);
+# [reference] describes a run and changes nothing it computes: a card that got a new measured figure (`ours`)
+# mid-run still resumes its runs and sweeps
 RESUMABLE_CHANGES = {
     ("train", "epochs"), ("train", "cosine_epochs"), ("train", "patience"), ("train", "eval_batch_size"), ("device",),
     ("reference",),
